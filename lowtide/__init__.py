@@ -1,0 +1,19 @@
+"""lowtide: serverless functions and model serving that adapt to each function.
+
+    import lowtide
+    ep = lowtide.deploy(lambda x: x * 2, name="double")
+    ep(21)  # -> 42
+"""
+
+from .sdk import (
+    BadInput, Client, ConfigError, DeadlineExceeded, DeployError, Endpoint, EndpointNotFound,
+    FunctionError, Handle, InvocationError, LowtideError, Overloaded, deploy,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
+    "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
+    "Overloaded", "__version__", "deploy",
+]

@@ -1,0 +1,89 @@
+"""Redis key names and channels: the one place that says where shared state lives.
+
+Every component reads and writes Redis only through the names built here, so the layout
+of the data is visible at a glance and cannot drift between components.
+"""
+
+from __future__ import annotations
+
+PREFIX = "lt:"
+
+DEPLOYMENTS = PREFIX + "deployments"  # set of endpoint names
+HOSTS = PREFIX + "hosts"  # hash host_id -> host description (JSON)
+WAKE_CHANNEL = PREFIX + "wake"  # pubsub: endpoint name, sent by the activator when cold
+ROUTES_CHANNEL = PREFIX + "routes"  # pubsub: endpoint name whose replicas or spec changed
+STREAM_GROUP = "replicas"  # consumer group of every request stream
+
+RESULT_TTL_S = 3600
+REQUEST_TTL_S = 3600
+
+
+def deployment(name: str) -> str:
+    """Hash: spec (JSON), version, created_at, updated_at."""
+    return f"{PREFIX}dep:{name}"
+
+
+def version_counter(name: str) -> str:
+    """Counter that is never deleted, so versions stay unique across delete and redeploy."""
+    return f"{PREFIX}ver:{name}"
+
+
+def artifact(name: str, version: int) -> str:
+    return f"{PREFIX}art:{name}:{version}"
+
+
+def stream(name: str) -> str:
+    """The endpoint's request buffer (a Redis stream with consumer group STREAM_GROUP)."""
+    return f"{PREFIX}q:{name}"
+
+
+def replicas(name: str) -> str:
+    """Hash replica_id -> replica record (JSON)."""
+    return f"{PREFIX}rep:{name}"
+
+
+def replica_alive(replica_id: str) -> str:
+    """Short-lived key refreshed by a running replica: its liveness and load (JSON)."""
+    return f"{PREFIX}alive:{replica_id}"
+
+
+def host_alive(host_id: str) -> str:
+    return f"{PREFIX}hostalive:{host_id}"
+
+
+def host_queue(host_id: str) -> str:
+    """Name of the rq queue that carries commands for one host agent."""
+    return f"lowtide-host-{host_id}"
+
+
+def stats(name: str) -> str:
+    """Hash flushed by activators about once a second: requests, last_request_at."""
+    return f"{PREFIX}stats:{name}"
+
+
+def reply_channel(activator_id: str) -> str:
+    return f"{PREFIX}reply:{activator_id}"
+
+
+def result(request_id: str) -> str:
+    """Hash: status, content_type, body — the stored answer of a buffered request."""
+    return f"{PREFIX}res:{request_id}"
+
+
+def request(request_id: str) -> str:
+    """String: endpoint name of an accepted buffered request (tells pending from unknown)."""
+    return f"{PREFIX}req:{request_id}"
+
+
+def decisions(name: str) -> str:
+    """Stream of scaling decisions, newest last, capped."""
+    return f"{PREFIX}dec:{name}"
+
+
+def logs(name: str) -> str:
+    """Stream of replica output lines, capped."""
+    return f"{PREFIX}logs:{name}"
+
+
+def build_state(name: str, version: int, host_id: str) -> str:
+    return f"{PREFIX}build:{name}:{version}:{host_id}"

@@ -1,0 +1,125 @@
+"""A deployment's spec: what the SDK sends and the platform stores, validated in one place.
+
+Validation errors name the field, the value and what is allowed, so the SDK can raise them
+before uploading and the platform can answer them with a 400.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?|B|b)?\s*$")
+_FACTORS = {
+    None: 1, "B": 1, "b": 1,
+    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}
+MAX_TIMEOUT_S = 3600.0
+
+
+class SpecError(ValueError):
+    """A deployment spec value is not allowed; the message says which and why."""
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SpecError(
+            f"name {name!r} is not allowed: use 1-63 characters, lowercase letters, digits and "
+            "'-', starting with a letter (e.g. 'double' or 'resnet-50')"
+        )
+    return name
+
+
+def parse_memory(value: object, key: str = "memory") -> int:
+    """'512Mi', '8Gi', '1G' or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise SpecError(f"{key}={value!r} is not a size")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise SpecError(f"{key}={value!r} must be positive")
+        return int(value)
+    if isinstance(value, str):
+        m = _MEMORY.match(value)
+        if m:
+            unit = m.group(2)
+            unit = unit[0].upper() + unit[1:] if unit and unit not in ("b",) else unit
+            factor = _FACTORS.get(unit)
+            if factor is not None and float(m.group(1)) > 0:
+                return int(float(m.group(1)) * factor)
+    raise SpecError(f"{key}={value!r} is not a size: use bytes or e.g. '512Mi', '8Gi'")
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    cpu: float = 1.0
+    memory_bytes: int = 2**30
+    gpu: int = 0
+    requirements: list[str] = field(default_factory=list)
+    min_replicas: int = 0
+    max_replicas: int | None = None
+    timeout_s: float = 60.0
+    python: str = field(default_factory=python_version)
+    params: list[str] | None = None  # parameter names, to bind positional arguments
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> DeploymentSpec:
+        if not isinstance(data, dict):
+            raise SpecError("the spec must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed: "
+                            f"{', '.join(sorted(known))}")
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:  # noqa: C901 - one check per field, kept flat on purpose
+        check_name(self.name)
+        if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not (
+            0 < self.cpu <= 512
+        ):
+            raise SpecError(f"cpu={self.cpu!r} must be a number of cores in (0, 512]")
+        if isinstance(self.memory_bytes, bool) or not isinstance(self.memory_bytes, int) or (
+            self.memory_bytes <= 0
+        ):
+            raise SpecError(f"memory={self.memory_bytes!r} must be a positive number of bytes")
+        if isinstance(self.gpu, bool) or not isinstance(self.gpu, int) or not 0 <= self.gpu <= 16:
+            raise SpecError(f"gpu={self.gpu!r} must be a whole number of GPUs in [0, 16]")
+        if not isinstance(self.requirements, list) or not all(
+            isinstance(r, str) and r.strip() and len(r) < 512 for r in self.requirements
+        ):
+            raise SpecError("requirements must be a list of requirement strings, "
+                            "e.g. ['scikit-learn>=1.3']")
+        if not isinstance(self.min_replicas, int) or isinstance(self.min_replicas, bool) or not (
+            0 <= self.min_replicas <= 1000
+        ):
+            raise SpecError(f"min_replicas={self.min_replicas!r} must be in [0, 1000]")
+        if self.max_replicas is not None and (
+            not isinstance(self.max_replicas, int) or isinstance(self.max_replicas, bool)
+            or not max(1, self.min_replicas) <= self.max_replicas <= 1000
+        ):
+            raise SpecError(f"max_replicas={self.max_replicas!r} must be None or in "
+                            f"[max(1, min_replicas), 1000]")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or (
+            not 0 < self.timeout_s <= MAX_TIMEOUT_S
+        ):
+            raise SpecError(f"timeout={self.timeout_s!r} must be seconds in (0, {MAX_TIMEOUT_S:g}]")
+        if not isinstance(self.python, str) or not re.match(r"^\d+\.\d+$", self.python):
+            raise SpecError(f"python={self.python!r} must look like '3.11'")
+        if self.params is not None and not (
+            isinstance(self.params, list) and all(isinstance(p, str) for p in self.params)
+        ):
+            raise SpecError("params must be a list of parameter names")

@@ -1,0 +1,255 @@
+"""The ingress: `POST /fn/{name}` and `GET /requests/{id}`.
+
+Warm: proxy to a ready replica picked from memory (no Redis on this path). Cold, or every
+replica at its limit: append to the endpoint's stream, wake the platform when the endpoint
+has no replica, and wait for the answer until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections import defaultdict
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .. import _keys
+from .._http import (
+    BadRequest, NotFound, Unavailable, UnsupportedMediaType, errors_middleware, json_response,
+)
+from .._protocol import (
+    DEADLINE_HEADER, JSON, OCTETS, QueuedRequest, Result,
+    error_result,
+)
+from .._spec import NAME_PATTERN
+from .replies import ReplyHub
+from .routes import EndpointRoute, ReplicaRoute, Routes, pick
+from .settings import ActivatorSettings
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds, at most the endpoint's own timeout
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+FLUSH_S = 1.0
+
+REQUESTS = Counter("lowtide_activator_requests_total", "Requests answered",
+                   ["endpoint", "path", "status"])
+LATENCY = Histogram("lowtide_activator_request_seconds", "Time to answer", ["path"],
+                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+
+def _media(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def check_body(content_type: str, body: bytes) -> None:
+    """Refuse what no function can take, before it is buffered or proxied."""
+    media = _media(content_type)
+    if media == OCTETS:
+        return
+    if media not in ("", JSON) and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media!r} is not accepted: send "
+                                   "application/json or application/octet-stream")
+    if body.strip():
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+class Activator:
+    def __init__(self, settings: ActivatorSettings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.id = uuid.uuid4().hex
+        self.routes = Routes(redis)
+        self.replies = ReplyHub(redis, self.id)
+        self.session: aiohttp.ClientSession | None = None
+        self._arrivals: dict[str, int] = defaultdict(int)
+
+    # ---- background -------------------------------------------------------------------
+    async def flush_stats(self, stop: asyncio.Event) -> None:
+        """Per-endpoint counters to Redis about once a second (off the request path)."""
+        while not stop.is_set():
+            await asyncio.sleep(FLUSH_S)
+            arrivals, self._arrivals = self._arrivals, defaultdict(int)
+            if not arrivals:
+                continue
+            now = time.time()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for name, n in arrivals.items():
+                        pipe.hincrby(_keys.stats(name), "requests", n)
+                        pipe.hset(_keys.stats(name), "last_request_at", now)
+                    await pipe.execute()
+            except RedisError as exc:
+                log.warning("could not flush request counters: %s", exc)
+                for name, n in arrivals.items():
+                    self._arrivals[name] += n
+
+    # ---- handlers ---------------------------------------------------------------------
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        name = request.match_info["name"]
+        endpoint = await self._endpoint(name)
+        body = await request.read()
+        content_type = request.headers.get("Content-Type", "")
+        check_body(content_type, body)
+        deadline = time.time() + self._timeout_s(request, endpoint)
+        self._arrivals[name] += 1
+        if request.query.get("async") in ("1", "true", "yes"):
+            request_id = await self._buffer(endpoint, content_type, body, deadline, reply_to="")
+            status_url = f"{self._base_url(request)}/requests/{request_id}"
+            REQUESTS.labels(name, "async", "202").inc()
+            return json_response({"id": request_id, "status_url": status_url}, status=202,
+                                 headers={"Location": status_url})
+        replica = pick(endpoint)
+        path = "warm"
+        result = await self._proxy(endpoint, replica, content_type, body, deadline) \
+            if replica is not None else None
+        if result is None:
+            path = "buffered"
+            result = await self._buffer_and_wait(endpoint, content_type, body, deadline)
+        REQUESTS.labels(name, path, str(result.status)).inc()
+        LATENCY.labels(path).observe(time.perf_counter() - started)
+        return web.Response(status=result.status, body=result.body,
+                            headers={"Content-Type": result.content_type})
+
+    async def request_status(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["id"]
+        if not REQUEST_ID.match(request_id):
+            raise NotFound(f"no request with id {request_id!r}")
+        try:
+            result = await self.replies.stored(request_id)
+            if result is not None:
+                return web.Response(status=result.status, body=result.body,
+                                    headers={"Content-Type": result.content_type})
+            if await self.redis.exists(_keys.request(request_id)):
+                return json_response({"id": request_id, "status": "pending"}, status=202,
+                                     headers={"Retry-After": "1"})
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}", headers={"Retry-After": "1"}
+                              ) from None
+        raise NotFound(f"no request with id {request_id!r} (results are kept "
+                       f"{_keys.RESULT_TTL_S} s)")
+
+    # ---- pieces -----------------------------------------------------------------------
+    async def _endpoint(self, name: str) -> EndpointRoute:
+        if not NAME_PATTERN.match(name):
+            raise NotFound(f"no endpoint named {name!r}")
+        try:
+            endpoint = await self.routes.get(name)
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}", headers={"Retry-After": "1"}
+                              ) from None
+        if endpoint is None:
+            raise NotFound(f"no endpoint named {name!r}; deploy it with lowtide.deploy(fn, "
+                           f"name={name!r}) or list endpoints with `lowtide ls`")
+        return endpoint
+
+    def _timeout_s(self, request: web.Request, endpoint: EndpointRoute) -> float:
+        raw = request.headers.get(TIMEOUT_HEADER)
+        limit = min(endpoint.timeout_s, self.settings.max_timeout_s)
+        if raw is None:
+            return limit
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw!r} is not a number of seconds") from None
+        if not 0 < value <= limit:
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw} must be in (0, {limit:g}]")
+        return value
+
+    def _base_url(self, request: web.Request) -> str:
+        return (self.settings.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+
+    async def _proxy(self, endpoint: EndpointRoute, replica: ReplicaRoute, content_type: str,
+                     body: bytes, deadline: float) -> Result | None:
+        """Call the replica directly; None when it cannot be reached (the caller buffers)."""
+        assert self.session is not None
+        replica.in_flight += 1
+        try:
+            async with self.session.post(
+                f"http://{replica.address}/lt/invoke", data=body,
+                headers={"Content-Type": content_type or JSON, DEADLINE_HEADER: repr(deadline)},
+                timeout=aiohttp.ClientTimeout(total=max(0.001, deadline - time.time())),
+            ) as resp:
+                payload = await resp.read()
+                return Result(resp.status, resp.headers.get("Content-Type", JSON), payload)
+        except asyncio.TimeoutError:
+            return error_result(504, "deadline exceeded",
+                                f"no answer within {endpoint.timeout_s:g} s")
+        except aiohttp.ClientError as exc:
+            log.warning("replica %s of %s unreachable (%s); buffering instead", replica.id,
+                        endpoint.name, exc)
+            replica.healthy = False
+            return None
+        finally:
+            replica.in_flight -= 1
+
+    async def _buffer(self, endpoint: EndpointRoute, content_type: str, body: bytes,
+                      deadline: float, reply_to: str, request_id: str = "") -> str:
+        """Append the request to the endpoint's stream; wake the platform when it is cold."""
+        request_id = request_id or uuid.uuid4().hex
+        entry = QueuedRequest(request_id, content_type or JSON, body, deadline, reply_to)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(_keys.request(request_id), endpoint.name, ex=_keys.REQUEST_TTL_S)
+                pipe.xadd(_keys.stream(endpoint.name), entry.to_fields())  # type: ignore[arg-type]
+                if not endpoint.ready():
+                    pipe.publish(_keys.WAKE_CHANNEL, endpoint.name)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(f"cannot buffer the request, Redis is unreachable: {exc}",
+                              headers={"Retry-After": "1"}) from None
+        return request_id
+
+    async def _buffer_and_wait(self, endpoint: EndpointRoute, content_type: str, body: bytes,
+                               deadline: float) -> Result:
+        request_id = uuid.uuid4().hex
+        fut = self.replies.expect(request_id)  # before the entry exists: no answer is missed
+        try:
+            await self._buffer(endpoint, content_type, body, deadline, self.id, request_id)
+            result = await self.replies.wait(request_id, fut, deadline - time.time())
+        finally:
+            self.replies.forget(request_id)
+        if result is None:
+            return error_result(504, "deadline exceeded",
+                                f"no replica answered within {endpoint.timeout_s:g} s",
+                                request_id=request_id)
+        return result
+
+
+async def healthz(request: web.Request) -> web.Response:
+    redis: Redis = request.app["redis"]
+    try:
+        await redis.ping()
+    except RedisError as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from None
+    return json_response({"status": "ok", "component": "activator"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={
+        "Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(activator: Activator) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware],
+                          client_max_size=activator.settings.max_body_bytes)
+    app["redis"] = activator.redis
+    app["max_body_bytes"] = activator.settings.max_body_bytes
+    app.router.add_post("/fn/{name}", activator.invoke)
+    app.router.add_get("/requests/{id}", activator.request_status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+

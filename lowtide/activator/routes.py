@@ -1,0 +1,119 @@
+"""The activator's in-memory view of endpoints and their ready replicas.
+
+Kept current by route events from Redis (a replica became ready or went away, a
+deployment changed) and by a periodic resync, so a missed event heals within seconds.
+Picking a replica reads only memory: power of two choices on outstanding requests,
+skipping replicas at their limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .. import _keys
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 2.0
+
+
+@dataclass
+class ReplicaRoute:
+    id: str
+    address: str
+    limit: int
+    in_flight: int = 0
+    healthy: bool = True
+
+
+@dataclass
+class EndpointRoute:
+    name: str
+    version: int
+    timeout_s: float
+    replicas: dict[str, ReplicaRoute] = field(default_factory=dict)
+
+    def ready(self) -> list[ReplicaRoute]:
+        return [r for r in self.replicas.values() if r.healthy]
+
+
+def pick(endpoint: EndpointRoute, rng: random.Random | None = None) -> ReplicaRoute | None:
+    """Power of two choices among healthy replicas below their limit."""
+    open_ = [r for r in endpoint.replicas.values() if r.healthy and r.in_flight < r.limit]
+    if not open_:
+        return None
+    if len(open_) == 1:
+        return open_[0]
+    a, b = (rng or random).sample(open_, 2)
+    return a if a.in_flight <= b.in_flight else b
+
+
+class Routes:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.endpoints: dict[str, EndpointRoute] = {}
+
+    async def get(self, name: str) -> EndpointRoute | None:
+        found = self.endpoints.get(name)
+        if found is not None:
+            return found
+        return await self.refresh(name)
+
+    async def refresh(self, name: str) -> EndpointRoute | None:
+        dep = await self.redis.hmget(_keys.deployment(name), ["spec", "version"])
+        if dep[0] is None or dep[1] is None:
+            self.endpoints.pop(name, None)
+            return None
+        spec = json.loads(dep[0])
+        version = int(dep[1])
+        raw = await self.redis.hgetall(_keys.replicas(name))
+        old = self.endpoints.get(name)
+        previous = old.replicas if old else {}
+        replicas = {}
+        for value in raw.values():
+            rec = json.loads(value)
+            if rec.get("state") != "ready" or int(rec.get("version", -1)) != version:
+                continue
+            kept = previous.get(rec["id"])
+            route = ReplicaRoute(rec["id"], rec["address"], int(rec.get("limit") or 16))
+            if kept is not None and kept.address == route.address:
+                route.in_flight = kept.in_flight
+            replicas[route.id] = route
+        endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas)
+        self.endpoints[name] = endpoint
+        return endpoint
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow route events; resync every RESYNC_S seconds."""
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(_keys.ROUTES_CHANNEL)
+                    await self._resync()
+                    backoff_s = 0.1
+                    next_resync = time.monotonic() + RESYNC_S
+                    while not stop.is_set():
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=0.5)
+                        if msg and msg.get("type") == "message":
+                            await self.refresh(msg["data"].decode())
+                        if time.monotonic() >= next_resync:
+                            await self._resync()
+                            next_resync = time.monotonic() + RESYNC_S
+            except RedisError as exc:
+                log.warning("route events lost (%s); retrying in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _resync(self) -> None:
+        for name in list(self.endpoints):
+            await self.refresh(name)

@@ -1,0 +1,21 @@
+"""The activator's settings: read once at the edge (CLI flags, LOWTIDE_* variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActivatorSettings:
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # how clients reach this activator; "" = the request's own host
+    max_body_bytes: int = 10 * 2**20
+    max_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port} must be in [0, 65535]")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes={self.max_body_bytes} must be positive")

@@ -1,0 +1,323 @@
+"""The control-plane HTTP API: /v1/deployments (bearer token), /healthz, /metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .. import _keys
+from .._http import (
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+    errors_middleware, json_response,
+)
+from .._protocol import error_result
+from .._spec import DeploymentSpec, SpecError, check_name, python_version
+from ..workers.puller import ensure_group
+from . import state
+from .scaler import Scaler
+from .settings import PlatformSettings
+
+DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("send 'Authorization: Bearer <token>'; `lowtide up` writes the "
+                               "token to ~/.lowtide/config.json",
+                               headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(_token_digest(token.strip()), request.app["token_digest"]):
+            raise Forbidden("the token is not valid for this platform")
+    return await handler(request)
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    try:
+        return check_name(name)
+    except SpecError:
+        raise NotFound(f"no deployment named {name!r}") from None
+
+
+async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send multipart/form-data with a 'spec' (JSON) and an 'artifact' part; "
+                         "the SDK (lowtide.deploy) does this for you")
+    spec_data: Any = None
+    artifact: bytes | None = None
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "spec":
+            try:
+                spec_data = json.loads(await part.read())
+            except ValueError as exc:
+                raise BadRequest(f"spec is not valid JSON: {exc}") from None
+        elif part.name == "artifact":
+            chunks, size = [], 0
+            while chunk := await part.read_chunk(1 << 20):
+                size += len(chunk)
+                if size > max_artifact_bytes:
+                    raise PayloadTooLarge(
+                        f"the artifact is over the limit of {max_artifact_bytes} bytes; keep "
+                        "large weights out of the function's closure and load them at start")
+                chunks.append(chunk)
+            artifact = b"".join(chunks)
+    if spec_data is None or artifact is None:
+        raise BadRequest("both a 'spec' and an 'artifact' part are required")
+    return spec_data, artifact
+
+
+class PlatformAPI:
+    def __init__(self, settings: PlatformSettings, redis: Redis, scaler: Scaler) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.scaler = scaler
+
+    def url_of(self, name: str) -> str:
+        return f"{self.settings.public_activator_url.rstrip('/')}/fn/{name}"
+
+    # ---- deployments ------------------------------------------------------------------
+    async def create(self, request: web.Request) -> web.Response:
+        spec_data, artifact = await _read_upload(request, self.settings.max_artifact_bytes)
+        try:
+            spec = DeploymentSpec.from_dict(spec_data)
+        except (SpecError, TypeError) as exc:
+            raise BadRequest(str(exc)) from None
+        hosts = await state.live_hosts(self.redis)
+        await self._check_python(spec, hosts)
+        name, now = spec.name, time.time()
+        version = int(await self.redis.incr(_keys.version_counter(name)))
+        previous = await state.load_deployment(self.redis, name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(_keys.artifact(name, version), artifact)
+            if previous is not None:
+                pipe.delete(_keys.artifact(name, previous.version))
+            pipe.hset(_keys.deployment(name), mapping={
+                "spec": json.dumps(spec.to_dict()), "version": version,
+                "created_at": previous.created_at if previous else now, "updated_at": now,
+                "desired": previous.desired if previous else 0,
+            })
+            pipe.sadd(_keys.DEPLOYMENTS, name)
+            pipe.publish(_keys.ROUTES_CHANNEL, name)
+            await pipe.execute()
+        await ensure_group(self.redis, _keys.stream(name))
+        for host in hosts:
+            await self.scaler.enqueue(host, "build", name, version)
+        await state.record_event(self.redis, name, "deploy",
+                                 f"version {version} deployed" + (" (replaces "
+                                 f"v{previous.version})" if previous else ""),
+                                 frm=previous.desired if previous else 0,
+                                 to=previous.desired if previous else 0)
+        self.scaler.poke(name)
+        DEPLOYS.inc()
+        body = {"name": name, "url": self.url_of(name), "version": version,
+                "replaced": previous is not None}
+        return json_response(body, status=200 if previous else 201)
+
+    async def _check_python(self, spec: DeploymentSpec, hosts: dict[str, Any]) -> None:
+        versions = {str(h.get("python")) for h in hosts.values()} or {python_version()}
+        if spec.python not in versions:
+            raise BadRequest(
+                f"the function was pickled with Python {spec.python} but the workers run "
+                f"Python {', '.join(sorted(versions))}; deploy from a Python "
+                f"{sorted(versions)[0]} environment")
+
+    async def list(self, request: web.Request) -> web.Response:
+        names = sorted(n.decode() for n in await self.redis.smembers(_keys.DEPLOYMENTS))
+        items = []
+        for name in names:
+            status = await self._status(name)
+            if status is not None:
+                items.append(status)
+        return json_response({"deployments": items})
+
+    async def get(self, request: web.Request) -> web.Response:
+        status = await self._status(_name(request))
+        if status is None:
+            raise NotFound(f"no deployment named {request.match_info['name']!r}; "
+                           "`lowtide ls` lists them")
+        return json_response(status)
+
+    async def _status(self, name: str) -> dict[str, Any] | None:
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            return None
+        now = time.time()
+        replicas = await state.load_replicas(self.redis, name)
+        q = await state.queue_stats(self.redis, name, now)
+        current = [r for r in replicas if r.version == dep.version]
+        hosts = await state.live_hosts(self.redis)
+        builds = {}
+        if hosts:
+            values = await self.redis.mget([_keys.build_state(name, dep.version, h)
+                                            for h in hosts])
+            builds = {h: v.decode() for h, v in zip(hosts, values) if v}
+        return {
+            "name": name,
+            "url": self.url_of(name),
+            "version": dep.version,
+            "spec": dep.spec.to_dict(),
+            "created_at": dep.created_at,
+            "updated_at": dep.updated_at,
+            "replicas": {
+                "ready": sum(1 for r in current if r.state == "ready" and r.alive),
+                "desired": dep.desired,
+                "starting": sum(1 for r in current if r.state == "starting"),
+                "stopping": sum(1 for r in replicas if r.state == "stopping"),
+                "items": [_replica_view(r, now) for r in replicas],
+            },
+            "queue": {"depth": q.depth, "queued": q.queued, "oldest_age_s": q.oldest_wait_s},
+            "builds": builds,
+            "keep_alive_s": self.scaler.keep_alive_s,
+            "last_decision": dep.last_decision,
+        }
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(_keys.DEPLOYMENTS, name)
+            pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
+                        _keys.stats(name))
+            pipe.publish(_keys.ROUTES_CHANNEL, name)
+            await pipe.execute()
+        hosts = await state.live_hosts(self.redis)
+        for r in await state.load_replicas(self.redis, name):
+            if r.host in hosts:
+                await self.scaler.enqueue(r.host, "stop_replica", name, r.id)
+            else:
+                await state.remove_replica(self.redis, name, r.id)
+        answered = await self._answer_queued(name)
+        await state.record_event(self.redis, name, "delete",
+                                 f"deleted; {answered} buffered request(s) answered 404",
+                                 frm=dep.desired, to=0)
+        return json_response({"deleted": name, "buffered_answered": answered})
+
+    async def _answer_queued(self, name: str) -> int:
+        stream = _keys.stream(name)
+        entries = await self.redis.xrange(stream)
+        result = error_result(404, "endpoint deleted", f"{name!r} was deleted while this "
+                              "request waited")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _id, fields in entries:
+                rid, reply = fields.get(b"id", b"").decode(), fields.get(b"reply", b"").decode()
+                if not rid:
+                    continue
+                pipe.hset(_keys.result(rid), mapping=result.to_fields())  # type: ignore[arg-type]
+                pipe.expire(_keys.result(rid), _keys.RESULT_TTL_S)
+                if reply:
+                    pipe.publish(_keys.reply_channel(reply), result.to_message(rid))
+            pipe.delete(stream)
+            await pipe.execute()
+        return len(entries)
+
+    async def events(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        limit = _int_query(request, "limit", 100, 1, 1000)
+        if not await self.redis.exists(_keys.deployment(name), _keys.decisions(name)):
+            raise NotFound(f"no deployment named {name!r}")
+        return json_response({"name": name,
+                              "events": await state.read_events(self.redis, name, limit)})
+
+    async def logs(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        after = request.query.get("after", "0-0")
+        limit = _int_query(request, "limit", 500, 1, 5000)
+        wait_ms = _int_query(request, "wait_ms", 0, 0, 30000)
+        if not await self.redis.exists(_keys.deployment(name), _keys.logs(name)):
+            raise NotFound(f"no deployment named {name!r}")
+        try:
+            if wait_ms:
+                reply = await self.redis.xread({_keys.logs(name): after}, count=limit,
+                                               block=wait_ms)
+                entries = reply[0][1] if reply else []
+            else:
+                entries = await self.redis.xrange(_keys.logs(name), min=f"({after}"
+                                                  if after != "0-0" else "-", count=limit)
+        except RedisError as exc:
+            raise BadRequest(f"bad 'after' id {after!r}: {exc}") from None
+        lines = [{"id": i.decode(), "at": int(i.split(b"-")[0]) / 1000.0,
+                  "replica": f[b"replica"].decode(), "line": f[b"line"].decode()}
+                 for i, f in entries]
+        return json_response({"name": name, "lines": lines,
+                              "next": lines[-1]["id"] if lines else after})
+
+    async def hosts(self, request: web.Request) -> web.Response:
+        return json_response({"hosts": list((await state.live_hosts(self.redis)).values())})
+
+
+def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{key}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{key}={value} must be in [{lo}, {hi}]")
+    return value
+
+
+def _replica_view(r: state.ReplicaRecord, now: float) -> dict[str, Any]:
+    beat = r.alive or {}
+    return {"id": r.id, "state": r.state if r.alive or r.state != "ready" else "lost",
+            "version": r.version, "host": r.host, "address": r.address,
+            "in_flight": beat.get("in_flight", 0), "limit": r.limit,
+            "age_s": round(now - r.created_at, 3),
+            "ready_after_s": round(r.ready_at - r.created_at, 3) if r.ready_at else None}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    redis: Redis = request.app["redis"]
+    try:
+        await redis.ping()
+    except RedisError as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from None
+    return json_response({"status": "ok", "component": "platform"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={
+        "Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=settings.max_artifact_bytes + (1 << 20),
+    )
+    app["token_digest"] = _token_digest(settings.token)
+    app["redis"] = redis
+    app["max_body_bytes"] = settings.max_artifact_bytes
+    api = PlatformAPI(settings, redis, scaler)
+    app.router.add_post("/v1/deployments", api.create)
+    app.router.add_get("/v1/deployments", api.list)
+    app.router.add_get("/v1/deployments/{name}", api.get)
+    app.router.add_delete("/v1/deployments/{name}", api.delete)
+    app.router.add_get("/v1/deployments/{name}/events", api.events)
+    app.router.add_get("/v1/deployments/{name}/logs", api.logs)
+    app.router.add_get("/v1/hosts", api.hosts)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+

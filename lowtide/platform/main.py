@@ -1,0 +1,31 @@
+"""`lowtide platform`: the control-plane API and the scaling loop in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from .._run import serve_app, supervise
+from .api import build_app
+from .scaler import Scaler, ScalerSettings
+from .settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    sync_redis = SyncRedis.from_url(settings.redis_url)
+    scaler = Scaler(redis, sync_redis, ScalerSettings(keep_alive_s=settings.keep_alive_s))
+    runner = await serve_app(build_app(settings, redis, scaler), settings.host, settings.port)
+    log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
+             "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")
+    try:
+        await supervise(stop, [asyncio.create_task(scaler.run(stop), name="scaler")])
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
+        sync_redis.close()

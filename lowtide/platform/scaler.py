@@ -1,0 +1,292 @@
+"""The scaling loop: observes each endpoint, asks the policy, and converges replicas.
+
+`run()` owns the ticker and a wake subscription (a wake pokes one endpoint for an immediate
+decision, as Knative's autoscaler is poked on scale from zero). `reconcile()` is one step
+for one endpoint; commands to hosts go through their rq queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from .. import _keys
+from . import state
+from .placement import choose_host
+from .policy import DEFAULT_KEEP_ALIVE_S, Decision, Observation, decide
+from .state import Deployment, ReplicaRecord
+
+log = logging.getLogger(__name__)
+
+ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
+STOPPING_FORGET_S = 60.0
+START_JOB_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class ScalerSettings:
+    keep_alive_s: float | None = None  # None: the platform's policy
+    tick_s: float = 1.0
+    start_timeout_s: float = 600.0
+    failure_backoff_s: float = 5.0
+
+
+class Scaler:
+    def __init__(
+        self, redis: Redis, sync_redis: SyncRedis, settings: ScalerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.sync_redis = sync_redis
+        self.settings = settings
+        self.clock = clock
+        self._poked: set[str] = set()
+        self._poke = asyncio.Event()
+        self._backoff_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._said: dict[str, str] = {}
+
+    @property
+    def keep_alive_s(self) -> float:
+        ka = self.settings.keep_alive_s
+        return DEFAULT_KEEP_ALIVE_S if ka is None else ka
+
+    def poke(self, name: str) -> None:
+        self._poked.add(name)
+        self._poke.set()
+
+    # ---- loop -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        wakes = asyncio.create_task(self._listen_wakes(stop), name="wakes")
+        next_full = 0.0
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._poke.wait(), self.settings.tick_s)
+                self._poke.clear()
+                names, self._poked = self._poked, set()
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + self.settings.tick_s
+                    names |= {n.decode() for n in await self._members()}
+                for name in sorted(names):
+                    try:
+                        await self.reconcile(name)
+                    except RedisError as exc:
+                        log.warning("reconcile %s failed: %s", name, exc)
+                if wakes.done():
+                    wakes.result()  # a dead listener is an error, not silence
+        finally:
+            wakes.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await wakes
+
+    async def _members(self) -> set[bytes]:
+        try:
+            return set(await self.redis.smembers(_keys.DEPLOYMENTS))
+        except RedisError as exc:
+            log.warning("cannot list deployments: %s", exc)
+            return set()
+
+    async def _listen_wakes(self, stop: asyncio.Event) -> None:
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(_keys.WAKE_CHANNEL)
+                    backoff_s = 0.1
+                    while not stop.is_set():
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if msg and msg.get("type") == "message":
+                            self.poke(msg["data"].decode())
+            except RedisError as exc:
+                log.warning("wake subscription lost (%s); retrying in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    # ---- one step ---------------------------------------------------------------------
+    async def reconcile(self, name: str) -> Decision | None:
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            return None
+        now = self.clock()
+        replicas = await self._housekeep(dep, await state.load_replicas(self.redis, name), now)
+        current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
+        obs = await self._observe(dep, current, now)
+        decision = decide(obs, now, self.keep_alive_s)
+        if decision.changed(dep.desired):
+            await self._record(dep, decision, obs, now)
+        await self._converge(dep, current, decision.desired, now)
+        return decision
+
+    async def _observe(self, dep: Deployment, current: list[ReplicaRecord], now: float
+                       ) -> Observation:
+        name = dep.spec.name
+        q = await state.queue_stats(self.redis, name, now)
+        ready = [r for r in current if r.state == "ready" and r.alive]
+        beats = [r.alive for r in current if r.alive]
+        last_activity = max(
+            [await state.last_request_at(self.redis, name), dep.updated_at]
+            + [float(b.get("last_done_at", 0)) for b in beats]
+        )
+        limits = [r.limit for r in ready] or [state.DEFAULT_LIMIT]
+        return Observation(
+            desired=dep.desired,
+            ready=len(ready),
+            starting=sum(1 for r in current if r.state == "starting"),
+            queued=q.queued,
+            oldest_wait_s=q.oldest_wait_s,
+            in_flight=sum(int(b.get("in_flight", 0)) for b in beats),
+            last_activity_at=last_activity,
+            limit=min(limits),
+            min_replicas=dep.spec.min_replicas,
+            max_replicas=dep.spec.max_replicas,
+        )
+
+    async def _record(self, dep: Deployment, d: Decision, obs: Observation, now: float) -> None:
+        name = dep.spec.name
+        inputs = {k: v for k, v in obs.__dict__.items() if k not in ("min_replicas",)}
+        inputs["keep_alive_s"] = self.keep_alive_s
+        event = await state.record_event(self.redis, name, d.kind, d.reason, frm=dep.desired,
+                                         to=d.desired, inputs=inputs, now=now)
+        await self.redis.hset(_keys.deployment(name), mapping={
+            "desired": d.desired, "last_decision": json.dumps(event)})
+        dep.desired = d.desired
+        log.info("%s: %s", name, d.reason)
+
+    # ---- housekeeping -----------------------------------------------------------------
+    async def _housekeep(self, dep: Deployment, replicas: list[ReplicaRecord], now: float
+                         ) -> list[ReplicaRecord]:
+        """Drop replicas that are lost, failed to start or linger; stop stale versions."""
+        hosts = await state.live_hosts(self.redis)
+        kept = []
+        for r in replicas:
+            problem = await self._problem(r, hosts, now)
+            if problem is not None:
+                await self._drop(dep, r, problem, now)
+                continue
+            if r.version != dep.version and r.state != "stopping":
+                await self._stop(dep.spec.name, r, hosts)
+            kept.append(r)
+        return kept
+
+    async def _problem(self, r: ReplicaRecord, hosts: dict[str, Any], now: float) -> str | None:
+        age_s = now - (r.ready_at or r.created_at)
+        if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
+            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s"
+        stopping_since = float(r.extra.get("stopping_at", r.created_at))
+        if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
+            return f"replica {r.id} stopped"
+        if r.state == "starting":
+            if r.host not in hosts:
+                return f"replica {r.id} failed to start: host {r.host!r} is gone"
+            if age_s > self.settings.start_timeout_s:
+                return (f"replica {r.id} failed to start within "
+                        f"{self.settings.start_timeout_s:g} s")
+            error = await asyncio.to_thread(self._start_job_error, r.id)
+            if error:
+                return f"replica {r.id} failed to start: {error}"
+        return None
+
+    def _start_job_error(self, replica_id: str) -> str | None:
+        try:
+            job = Job.fetch(f"start-{replica_id}", connection=self.sync_redis)
+        except Exception:  # noqa: BLE001 - a vanished job is simply not a failure report
+            return None
+        if job.get_status() != JobStatus.FAILED:
+            return None
+        result = job.latest_result()
+        text = (result.exc_string if result is not None else "") or "the start job failed"
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "the start job failed"
+
+    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float) -> None:
+        name = dep.spec.name
+        await state.remove_replica(self.redis, name, r.id)
+        if r.host:
+            await self.enqueue(r.host, "stop_replica", name, r.id)
+        if "failed" in why:
+            n = self._failures[name] = self._failures.get(name, 0) + 1
+            backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
+            self._backoff_until[name] = now + backoff_s
+        if r.state != "stopping":
+            await state.record_event(self.redis, name, "replica", why, frm=dep.desired,
+                                     to=dep.desired, now=now)
+            log.warning("%s: %s", name, why)
+
+    # ---- converging -------------------------------------------------------------------
+    async def _converge(self, dep: Deployment, current: list[ReplicaRecord], desired: int,
+                        now: float) -> None:
+        name = dep.spec.name
+        if any(r.state == "ready" for r in current):
+            self._failures.pop(name, None)
+        missing = desired - len(current)
+        if missing > 0 and now >= self._backoff_until.get(name, 0.0):
+            hosts = await state.live_hosts(self.redis)
+            for _ in range(missing):
+                if not await self._start(dep, current, hosts, now):
+                    break
+        elif missing < 0:
+            hosts = await state.live_hosts(self.redis)
+            # starting replicas serve nobody yet; then the least busy ready ones
+            order = sorted(current, key=lambda r: (r.state != "starting",
+                                                   int((r.alive or {}).get("in_flight", 0))))
+            for r in order[: -missing]:
+                await self._stop(name, r, hosts)
+
+    async def _start(self, dep: Deployment, current: list[ReplicaRecord],
+                     hosts: dict[str, Any], now: float) -> bool:
+        name = dep.spec.name
+        per_host: dict[str, int] = {}
+        for r in current:
+            per_host[r.host] = per_host.get(r.host, 0) + 1
+        host = choose_host(hosts, per_host)
+        if host is None:
+            await self._say_once(dep, "no live host to place a replica on; start `lowtide agent`")
+            return False
+        self._said.pop(name, None)
+        record = ReplicaRecord(id=f"r-{uuid.uuid4().hex[:10]}", version=dep.version,
+                               state="starting", host=host, created_at=now)
+        await state.save_replica(self.redis, name, record)
+        await self.enqueue(host, "start_replica", name, dep.version, record.id,
+                            job_id=f"start-{record.id}")
+        current.append(record)
+        log.info("%s: starting replica %s v%d on %s", name, record.id, dep.version, host)
+        return True
+
+    async def _stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
+        if r.host not in hosts:
+            await state.remove_replica(self.redis, name, r.id)
+            return
+        r.state = "stopping"
+        r.extra["stopping_at"] = self.clock()
+        await state.save_replica(self.redis, name, r)
+        await self.enqueue(r.host, "stop_replica", name, r.id)
+        log.info("%s: stopping replica %s on %s", name, r.id, r.host)
+
+    async def _say_once(self, dep: Deployment, text: str) -> None:
+        if self._said.get(dep.spec.name) != text:
+            self._said[dep.spec.name] = text
+            await state.record_event(self.redis, dep.spec.name, "placement", text,
+                                     frm=dep.desired, to=dep.desired)
+            log.warning("%s: %s", dep.spec.name, text)
+
+    async def enqueue(self, host: str, job: str, *args: Any, job_id: str | None = None) -> None:
+        queue = Queue(_keys.host_queue(host), connection=self.sync_redis)
+        await asyncio.to_thread(
+            queue.enqueue, f"lowtide.workers.jobs.{job}", *args, job_id=job_id,
+            job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,
+        )
+

@@ -1,0 +1,155 @@
+"""Reads and writes of the control plane's state in Redis (thin I/O, no decisions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .. import _keys
+from .._spec import DeploymentSpec
+
+DECISIONS_MAXLEN = 1000
+DEFAULT_LIMIT = 16
+
+
+@dataclass
+class ReplicaRecord:
+    id: str
+    version: int
+    state: str  # starting | ready | stopping
+    host: str = ""
+    address: str = ""
+    created_at: float = 0.0
+    ready_at: float | None = None
+    limit: int = DEFAULT_LIMIT
+    alive: dict[str, Any] | None = None  # the replica's latest heartbeat, if any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ReplicaRecord:
+        data = json.loads(raw)
+        known = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__}
+        return cls(**known, extra=data)
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in self.__dict__.items() if k not in ("alive", "extra")}
+        return json.dumps({**self.extra, **data})
+
+
+@dataclass
+class Deployment:
+    spec: DeploymentSpec
+    version: int
+    created_at: float
+    updated_at: float
+    desired: int
+    last_decision: dict[str, Any] | None
+
+
+async def load_deployment(redis: Redis, name: str) -> Deployment | None:
+    raw = await redis.hgetall(_keys.deployment(name))
+    if not raw or b"spec" not in raw:
+        return None
+    return Deployment(
+        spec=DeploymentSpec.from_dict(json.loads(raw[b"spec"])),
+        version=int(raw[b"version"]),
+        created_at=float(raw.get(b"created_at", 0)),
+        updated_at=float(raw.get(b"updated_at", 0)),
+        desired=int(raw.get(b"desired", 0)),
+        last_decision=json.loads(raw[b"last_decision"]) if b"last_decision" in raw else None,
+    )
+
+
+async def load_replicas(redis: Redis, name: str) -> list[ReplicaRecord]:
+    raw = await redis.hgetall(_keys.replicas(name))
+    records = [ReplicaRecord.from_json(v) for v in raw.values()]
+    if records:
+        alive = await redis.mget([_keys.replica_alive(r.id) for r in records])
+        for record, beat in zip(records, alive):
+            record.alive = json.loads(beat) if beat else None
+    return sorted(records, key=lambda r: r.created_at)
+
+
+async def save_replica(redis: Redis, name: str, record: ReplicaRecord) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(_keys.replicas(name), record.id, record.to_json())
+        pipe.publish(_keys.ROUTES_CHANNEL, name)
+        await pipe.execute()
+
+
+async def remove_replica(redis: Redis, name: str, replica_id: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(_keys.replicas(name), replica_id)
+        pipe.publish(_keys.ROUTES_CHANNEL, name)
+        await pipe.execute()
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int  # entries in the stream: waiting or being run
+    queued: int  # waiting, not yet taken by a replica
+    oldest_wait_s: float
+
+
+def _stream_id_seconds(entry_id: bytes) -> float:
+    return int(entry_id.split(b"-", 1)[0]) / 1000.0
+
+
+async def queue_stats(redis: Redis, name: str, now: float) -> QueueStats:
+    stream = _keys.stream(name)
+    depth = int(await redis.xlen(stream))
+    if depth == 0:
+        return QueueStats(0, 0, 0.0)
+    last_delivered = b"0-0"
+    pending = 0
+    try:
+        for group in await redis.xinfo_groups(stream):
+            if group["name"] in (_keys.STREAM_GROUP, _keys.STREAM_GROUP.encode()):
+                last_delivered = group["last-delivered-id"]
+                pending = int(group["pending"])
+    except ResponseError:
+        pass
+    if isinstance(last_delivered, str):
+        last_delivered = last_delivered.encode()
+    first = await redis.xrange(stream, min=b"(" + last_delivered, max="+", count=1)
+    oldest = max(0.0, now - _stream_id_seconds(first[0][0])) if first else 0.0
+    return QueueStats(depth, max(0, depth - pending), oldest)
+
+
+async def last_request_at(redis: Redis, name: str) -> float:
+    raw = await redis.hget(_keys.stats(name), "last_request_at")
+    return float(raw) if raw else 0.0
+
+
+async def record_event(
+    redis: Redis, name: str, kind: str, reason: str, *, frm: int, to: int,
+    inputs: dict[str, Any] | None = None, now: float | None = None,
+) -> dict[str, Any]:
+    event = {"at": time.time() if now is None else now, "kind": kind, "from": frm, "to": to,
+             "reason": reason, "inputs": inputs or {}}
+    await redis.xadd(_keys.decisions(name), {"event": json.dumps(event)},
+                     maxlen=DECISIONS_MAXLEN, approximate=True)
+    return event
+
+
+async def read_events(redis: Redis, name: str, limit: int = 100) -> list[dict[str, Any]]:
+    entries = await redis.xrevrange(_keys.decisions(name), count=limit)
+    return [json.loads(fields[b"event"]) for _id, fields in entries]
+
+
+async def live_hosts(redis: Redis) -> dict[str, dict[str, Any]]:
+    hosts = {k.decode(): json.loads(v) for k, v in (await redis.hgetall(_keys.HOSTS)).items()}
+    if not hosts:
+        return {}
+    beats = await redis.mget([_keys.host_alive(h) for h in hosts])
+    live = {}
+    for (host_id, host), beat in zip(hosts.items(), beats):
+        if beat:
+            host["load"] = json.loads(beat)
+            live[host_id] = host
+    return live

@@ -1,0 +1,240 @@
+"""The SDK's HTTP client: deployments through the platform API, calls through the activator."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from .._home import ClusterConfig, resolve
+from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
+from ._errors import ConfigError, DeployError, LowtideError, error_from_response
+from ._pickling import parameter_names, pickle_function
+
+_JSON = "application/json"
+_OCTETS = "application/octet-stream"
+POLL_MIN_S, POLL_MAX_S = 0.05, 1.0
+
+
+def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[str, bytes]:
+    """Arguments -> (content type, body): positional arguments bound to parameter names."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], (bytes, bytearray, memoryview)):
+        return _OCTETS, bytes(args[0])
+    if args:
+        if params is None:
+            raise TypeError("this endpoint takes *args; pass keyword arguments or one JSON value")
+        if len(args) > len(params):
+            raise TypeError(f"takes {len(params)} positional argument(s) but {len(args)} were "
+                            "given")
+        for pname in params[: len(args)]:
+            if pname in kwargs:
+                raise TypeError(f"got multiple values for argument {pname!r}")
+        kwargs = {**dict(zip(params, args)), **kwargs}
+    return _JSON, json.dumps(kwargs).encode()
+
+
+def decode_result(response: httpx.Response) -> Any:
+    if response.status_code != 200:
+        raise error_from_response(response.status_code, response.content)
+    media = response.headers.get("content-type", _JSON).split(";")[0].strip()
+    if media == _OCTETS:
+        return response.content
+    return response.json()
+
+
+class Client:
+    """A connection to one lowtide cluster.
+
+    Without arguments it uses LOWTIDE_PLATFORM_URL / LOWTIDE_ACTIVATOR_URL / LOWTIDE_TOKEN, or
+    what `lowtide up` wrote to LOWTIDE_HOME (default ~/.lowtide).
+    """
+
+    def __init__(self, platform_url: str | None = None, activator_url: str | None = None,
+                 token: str | None = None, timeout_s: float = 60.0) -> None:
+        self.config: ClusterConfig = resolve(platform_url, activator_url, token)
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- control plane ----------------------------------------------------------------
+    def _api(self, method: str, path: str, **kw: Any) -> Any:
+        if not self.config.token:
+            raise ConfigError("no API token: run `lowtide up`, or set LOWTIDE_TOKEN and "
+                              "LOWTIDE_PLATFORM_URL")
+        headers = {"Authorization": f"Bearer {self.config.token}"}
+        url = f"{self.config.platform_url}{path}"
+        try:
+            response = self._http.request(method, url, headers=headers, **kw)
+        except httpx.TransportError as exc:
+            raise ConfigError(f"cannot reach the platform at {self.config.platform_url} ({exc}); "
+                              "is `lowtide up` running?") from None
+        if response.status_code >= 400:
+            err = error_from_response(response.status_code, response.content)
+            cls = DeployError if method == "POST" else type(err)
+            if cls is DeployError:
+                raise DeployError(f"{err.error}: {err.detail}")
+            raise err
+        return response.json()
+
+    def deploy(self, fn: Callable[..., Any], name: str | None = None, *, cpu: float = 1.0,
+               memory: str | int = "1Gi", gpu: int = 0, requirements: Iterable[str] = (),
+               min_replicas: int = 0, max_replicas: int | None = None,
+               timeout: float = 60.0) -> Endpoint:
+        if not callable(fn):
+            raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
+        name = name or getattr(fn, "__name__", "").replace("_", "-").lower()
+        try:
+            spec = DeploymentSpec(
+                name=name, cpu=cpu, memory_bytes=parse_memory(memory), gpu=gpu,
+                requirements=list(requirements), min_replicas=min_replicas,
+                max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
+                params=parameter_names(fn),
+            )
+            spec.validate()
+        except SpecError as exc:
+            raise DeployError(str(exc)) from None
+        artifact = pickle_function(fn)
+        files = {"spec": (None, json.dumps(spec.to_dict()), _JSON),
+                 "artifact": ("artifact.pkl", artifact, _OCTETS)}
+        info = self._api("POST", "/v1/deployments", files=files)
+        return Endpoint(self, info["name"], info["url"], spec.params, spec.timeout_s,
+                        int(info["version"]))
+
+    def get(self, name: str) -> Endpoint:
+        status = self.status(name)
+        spec = status.get("spec", {})
+        return Endpoint(self, name, status["url"], spec.get("params"),
+                        float(spec.get("timeout_s", 60.0)), int(status["version"]))
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self._api("GET", "/v1/deployments")["deployments"])
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self._api("GET", f"/v1/deployments/{name}"))
+
+    def events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._api("GET", f"/v1/deployments/{name}/events",
+                              params={"limit": limit})["events"])
+
+    def logs(self, name: str, after: str = "0-0", wait_ms: int = 0) -> dict[str, Any]:
+        return dict(self._api("GET", f"/v1/deployments/{name}/logs",
+                              params={"after": after, "wait_ms": wait_ms},
+                              timeout=wait_ms / 1000 + 30))
+
+    def delete(self, name: str) -> dict[str, Any]:
+        return dict(self._api("DELETE", f"/v1/deployments/{name}"))
+
+    # ---- data plane -------------------------------------------------------------------
+    def _post(self, url: str, content_type: str, body: bytes, timeout_s: float,
+              params: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            return self._http.post(url, content=body, params=params, timeout=timeout_s,
+                                   headers={"Content-Type": content_type})
+        except httpx.TransportError as exc:
+            raise ConfigError(f"cannot reach the activator at {self.config.activator_url} "
+                              f"({exc}); is `lowtide up` running?") from None
+
+    def invoke_url(self, name: str) -> str:
+        return f"{self.config.activator_url}/fn/{name}"
+
+    def result(self, request_id: str, timeout: float | None = None) -> Any:
+        url = f"{self.config.activator_url}/requests/{request_id}"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = POLL_MIN_S
+        while True:
+            try:
+                response = self._http.get(url)
+            except httpx.TransportError as exc:
+                raise ConfigError(f"cannot reach the activator: {exc}") from None
+            if response.status_code != 202:
+                return decode_result(response)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"request {request_id} has no result after {timeout:g} s")
+            time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
+            delay = min(delay * 2, POLL_MAX_S)
+
+
+class Handle:
+    """An accepted asynchronous call; `result()` waits for its answer."""
+
+    def __init__(self, client: Client, request_id: str, status_url: str) -> None:
+        self.client = client
+        self.id = request_id
+        self.status_url = status_url
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.client.result(self.id, timeout)
+
+    def __repr__(self) -> str:
+        return f"Handle(id={self.id!r})"
+
+
+class Endpoint:
+    """A deployed function: call it like the function, or submit calls asynchronously."""
+
+    def __init__(self, client: Client, name: str, url: str, params: list[str] | None,
+                 timeout_s: float, version: int) -> None:
+        self.client = client
+        self.name = name
+        self.url = url
+        self.params = params
+        self.timeout_s = timeout_s
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"Endpoint(name={self.name!r}, url={self.url!r}, version={self.version})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        content_type, body = encode_call(self.params, args, kwargs)
+        url = self.client.invoke_url(self.name)
+        return decode_result(self.client._post(url, content_type, body, self.timeout_s + 10))
+
+    def call(self, **kwargs: Any) -> Any:
+        return self(**kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Handle:
+        content_type, body = encode_call(self.params, args, kwargs)
+        response = self.client._post(self.client.invoke_url(self.name), content_type, body,
+                                     30.0, params={"async": "1"})
+        if response.status_code != 202:
+            raise error_from_response(response.status_code, response.content)
+        info = response.json()
+        return Handle(self.client, info["id"], info["status_url"])
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status(self.name)
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.client.events(self.name, limit)
+
+    def delete(self) -> None:
+        self.client.delete(self.name)
+
+
+_default: Client | None = None
+
+
+def default_client() -> Client:
+    global _default
+    if _default is None:
+        _default = Client()
+    return _default
+
+
+def deploy(fn: Callable[..., Any], name: str | None = None, **options: Any) -> Endpoint:
+    """Deploy fn and return its Endpoint; see Client.deploy for the options."""
+    return default_client().deploy(fn, name, **options)
+
+
+__all__ = ["Client", "Endpoint", "Handle", "LowtideError", "deploy"]

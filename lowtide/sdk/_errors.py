@@ -1,0 +1,77 @@
+"""The SDK's errors, one small tree:
+
+    LowtideError
+    ├── ConfigError          no cluster configured or reachable
+    ├── DeployError          the platform refused a deployment (message says why)
+    └── InvocationError      an invocation was answered with an error status
+        ├── BadInput             400: the arguments do not fit the function
+        ├── EndpointNotFound     404
+        ├── Overloaded           429 / 503: a bound was hit, retry later
+        ├── FunctionError        500: the function raised (exc_type names the exception)
+        └── DeadlineExceeded     504
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class LowtideError(Exception):
+    pass
+
+
+class ConfigError(LowtideError):
+    pass
+
+
+class DeployError(LowtideError):
+    pass
+
+
+class InvocationError(LowtideError):
+    def __init__(self, status: int, error: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {error}: {detail}" if detail else f"{status} {error}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.body = body
+
+
+class BadInput(InvocationError):
+    pass
+
+
+class EndpointNotFound(InvocationError):
+    pass
+
+
+class Overloaded(InvocationError):
+    pass
+
+
+class FunctionError(InvocationError):
+    @property
+    def exc_type(self) -> str:
+        return str(self.body.get("type", ""))
+
+
+class DeadlineExceeded(InvocationError):
+    pass
+
+
+_BY_STATUS: dict[int, type[InvocationError]] = {
+    400: BadInput, 404: EndpointNotFound, 429: Overloaded, 503: Overloaded,
+    500: FunctionError, 504: DeadlineExceeded,
+}
+
+
+def error_from_response(status: int, content: bytes) -> InvocationError:
+    try:
+        body = json.loads(content)
+        if not isinstance(body, dict):
+            body = {"detail": body}
+    except ValueError:
+        body = {"detail": content[:500].decode(errors="replace")}
+    cls = _BY_STATUS.get(status, InvocationError)
+    return cls(status, str(body.get("error", "error")), str(body.get("detail", "")), body)

@@ -1,0 +1,288 @@
+"""The host agent: registers the host, runs rq jobs from its queue (build, start and stop
+replicas), supervises replica processes, captures their output, and heartbeats.
+
+Threads, not asyncio: rq jobs are synchronous. The main thread owns the heartbeat and the
+supervision loop; rq runs in one worker thread; each replica has one log-pump thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+
+from .. import _keys
+from .._redisserver import free_port
+from . import bento
+from .procs import die_with_parent_hook, stop_group
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+HOST_ALIVE_TTL_S = 5
+LOG_STREAM_MAXLEN = 5000
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    redis_url: str
+    home: Path
+    host_id: str = field(default_factory=lambda: socket.gethostname())
+    advertise_address: str = "127.0.0.1"
+    bind_host: str = "127.0.0.1"
+    replica_concurrency: int = 16
+    stop_grace_s: float = 10.0
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+
+@dataclass
+class ReplicaProcess:
+    endpoint: str
+    version: int
+    replica_id: str
+    address: str
+    proc: subprocess.Popen[bytes]
+    started_at: float
+    stopping: bool = False
+    pump: threading.Thread | None = None
+
+
+class _ThreadWorker(SimpleWorker):
+    """rq's SimpleWorker run in a thread: no signal handlers, timer-based job timeouts."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.redis = Redis.from_url(settings.redis_url)
+        self.replicas: dict[str, ReplicaProcess] = {}
+        self._lock = threading.Lock()
+        self._build_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._rq: _ThreadWorker | None = None
+        self._rq_thread: threading.Thread | None = None
+        os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+    # ---- main loop --------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        global _current
+        _current = self
+        self._register()
+        self._start_rq()
+        log.info("agent %s ready (queue %s)", self.settings.host_id,
+                 _keys.host_queue(self.settings.host_id))
+        try:
+            while not stop.wait(HEARTBEAT_S):
+                if self._rq_thread is not None and not self._rq_thread.is_alive():
+                    raise RuntimeError("the rq worker thread died; see the log above")
+                self._reap()
+                self._heartbeat()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._rq is not None:
+            self._rq._stop_requested = True
+        with self._lock:
+            replicas = list(self.replicas.values())
+        threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self._reap()
+        if self._rq_thread is not None:
+            self._rq_thread.join(timeout=1)  # a daemon blocked in a dequeue; jobs are done
+        try:
+            self.redis.hdel(_keys.HOSTS, self.settings.host_id)
+            self.redis.delete(_keys.host_alive(self.settings.host_id))
+        except RedisError as exc:
+            log.warning("could not deregister host: %s", exc)
+        log.info("agent %s stopped", self.settings.host_id)
+
+    def _start_rq(self) -> None:
+        queue = Queue(_keys.host_queue(self.settings.host_id), connection=self.redis)
+        name = f"agent-{self.settings.host_id}-{os.getpid()}"
+        self._rq = _ThreadWorker([queue], connection=self.redis, name=name, worker_ttl=16)
+        self._rq_thread = threading.Thread(
+            target=self._rq.work, kwargs={"logging_level": "WARNING"}, name="rq", daemon=True
+        )
+        self._rq_thread.start()
+
+    def _register(self) -> None:
+        s = self.settings
+        host = {
+            "id": s.host_id,
+            "address": s.advertise_address,
+            "cpus": psutil.cpu_count() or 1,
+            "memory_bytes": psutil.virtual_memory().total,
+            "gpus": [],
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "started_at": time.time(),
+            "pid": os.getpid(),
+        }
+        self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(host))
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            count = len(self.replicas)
+        load = {
+            "at": time.time(),
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_used_bytes": psutil.virtual_memory().used,
+            "replicas": count,
+        }
+        try:
+            self.redis.set(_keys.host_alive(self.settings.host_id), json.dumps(load),
+                           ex=HOST_ALIVE_TTL_S)
+        except RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    # ---- jobs -------------------------------------------------------------------------
+    def build(self, endpoint: str, version: int) -> bento.BuiltBento:
+        with self._lock:
+            lock = self._build_locks.setdefault((endpoint, version), threading.Lock())
+        with lock:
+            found = bento.find_bento(endpoint, version)
+            if found is not None:
+                self.redis.set(_keys.build_state(endpoint, version, self.settings.host_id),
+                               "ready", ex=86400)
+                return found
+            artifact = self.redis.get(_keys.artifact(endpoint, version))
+            spec_raw = self.redis.hget(_keys.deployment(endpoint), "spec")
+            if artifact is None or spec_raw is None:
+                raise LookupError(f"deployment {endpoint} v{version} is gone")
+            spec = json.loads(spec_raw)
+            key = _keys.build_state(endpoint, version, self.settings.host_id)
+            self.redis.set(key, "building", ex=86400)
+            try:
+                built = bento.build_bento(endpoint, version, artifact,
+                                          spec.get("requirements", []))
+            except Exception as exc:
+                self.redis.set(key, f"failed: {type(exc).__name__}: {exc}", ex=86400)
+                raise
+            self.redis.set(key, "ready", ex=86400)
+            return built
+
+    def start_replica(self, endpoint: str, version: int, replica_id: str) -> str:
+        built = self.build(endpoint, version)
+        spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
+        python = bento.ensure_python(spec.get("requirements", []), self.settings.home / "envs")
+        s = self.settings
+        port = free_port(s.bind_host)
+        address = f"{s.advertise_address}:{port}"
+        env = {
+            **os.environ,
+            "LOWTIDE_REDIS_URL": s.redis_url,
+            "LOWTIDE_ENDPOINT": endpoint,
+            "LOWTIDE_VERSION": str(version),
+            "LOWTIDE_REPLICA_ID": replica_id,
+            "LOWTIDE_ADDRESS": address,
+            "LOWTIDE_ARTIFACT": str(built.artifact_path),
+            "LOWTIDE_CONCURRENCY": str(s.replica_concurrency),
+            "BENTOML_HOME": str(s.bentoml_home),
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
+               "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+        )
+        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time())
+        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+                                   name=f"logs-{replica_id}")
+        rp.pump.start()
+        with self._lock:
+            self.replicas[replica_id] = rp
+        log.info("started replica %s of %s v%d on %s (pid %d)", replica_id, endpoint, version,
+                 address, proc.pid)
+        return address
+
+    def stop_replica(self, endpoint: str, replica_id: str) -> bool:
+        with self._lock:
+            rp = self.replicas.get(replica_id)
+        if rp is None:
+            self._forget(endpoint, replica_id)
+            return False
+        self._stop_process(rp)
+        self._reap()
+        return True
+
+    # ---- supervision ------------------------------------------------------------------
+    def _stop_process(self, rp: ReplicaProcess) -> None:
+        rp.stopping = True
+        code = stop_group(rp.proc, self.settings.stop_grace_s)
+        log.info("stopped replica %s (exit %s)", rp.replica_id, code)
+
+    def _reap(self) -> None:
+        with self._lock:
+            exited = [r for r in self.replicas.values() if r.proc.poll() is not None]
+            for r in exited:
+                del self.replicas[r.replica_id]
+        for r in exited:
+            if not r.stopping:
+                stop_group(r.proc, 0)  # the leader died: take the rest of its group down
+                self._log_line(r, f"[lowtide] replica exited unexpectedly with code "
+                                  f"{r.proc.returncode}")
+                log.warning("replica %s of %s exited with code %s", r.replica_id, r.endpoint,
+                            r.proc.returncode)
+            if r.pump is not None:
+                r.pump.join(timeout=1)
+            self._forget(r.endpoint, r.replica_id)
+
+    def _forget(self, endpoint: str, replica_id: str) -> None:
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(_keys.replicas(endpoint), replica_id)
+                pipe.delete(_keys.replica_alive(replica_id))
+                pipe.publish(_keys.ROUTES_CHANNEL, endpoint)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("could not remove replica %s from routing: %s", replica_id, exc)
+
+    def _pump_logs(self, rp: ReplicaProcess) -> None:
+        assert rp.proc.stdout is not None
+        for raw in rp.proc.stdout:
+            self._log_line(rp, raw.decode(errors="replace").rstrip("\n"))
+
+    def _log_line(self, rp: ReplicaProcess, line: str) -> None:
+        try:
+            self.redis.xadd(
+                _keys.logs(rp.endpoint),
+                {"replica": rp.replica_id, "host": self.settings.host_id, "line": line},
+                maxlen=LOG_STREAM_MAXLEN, approximate=True,
+            )
+        except RedisError:
+            log.debug("dropped a log line of %s", rp.replica_id)
+
+
+_current: Agent | None = None
+
+
+def current() -> Agent:
+    if _current is None:
+        raise RuntimeError("no agent is running in this process")
+    return _current

@@ -1,0 +1,18 @@
+"""rq jobs executed by a host agent. The platform enqueues them on the host's queue by name
+(`lowtide.workers.jobs.<function>`); they run inside the agent process."""
+
+from __future__ import annotations
+
+from . import agent
+
+
+def build(endpoint: str, version: int) -> str:
+    return agent.current().build(endpoint, version).tag
+
+
+def start_replica(endpoint: str, version: int, replica_id: str) -> str:
+    return agent.current().start_replica(endpoint, version, replica_id)
+
+
+def stop_replica(endpoint: str, replica_id: str) -> bool:
+    return agent.current().stop_replica(endpoint, replica_id)

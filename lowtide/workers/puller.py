@@ -1,0 +1,159 @@
+"""Pull buffered requests from an endpoint's Redis stream while the replica has room.
+
+At-least-once: an entry is acknowledged (and deleted) in the same transaction that stores
+its result, so a replica that dies mid-request leaves the entry pending. Entries pending on
+a consumer whose liveness key has expired are claimed by a live replica and run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from .. import _keys
+from .._protocol import QueuedRequest, Result, error_result
+from .slots import Slots
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[QueuedRequest], Awaitable[Result]]
+
+BLOCK_MS = 1000
+RECLAIM_EVERY_S = 1.0
+CLAIM_MIN_IDLE_MS = 1000
+
+
+async def ensure_group(redis: Redis, stream: str) -> None:
+    try:
+        await redis.xgroup_create(stream, _keys.STREAM_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class StreamPuller:
+    def __init__(
+        self, redis: Redis, endpoint: str, consumer: str, handler: Handler, slots: Slots
+    ) -> None:
+        self._redis = redis
+        self._stream = _keys.stream(endpoint)
+        self._consumer = consumer
+        self._handler = handler
+        self._slots = slots
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_reclaim = 0.0
+        self.paused = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_group(self._redis, self._stream)
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                await self._step()
+                backoff_s = 0.1
+            except RedisError as exc:
+                log.warning("stream pull failed (%s); retrying in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                if "NOGROUP" in str(exc):
+                    await ensure_group(self._redis, self._stream)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for entries already taken to be answered."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    async def _step(self) -> None:
+        if self.paused or not await self._slots.wait_free(BLOCK_MS / 1000):
+            if self.paused:
+                await asyncio.sleep(BLOCK_MS / 1000)
+            return
+        now = time.monotonic()
+        if now - self._last_reclaim >= RECLAIM_EVERY_S:
+            self._last_reclaim = now
+            await self._reclaim()
+        free = self._slots.free()
+        if free <= 0:
+            return
+        reply = await self._redis.xreadgroup(
+            _keys.STREAM_GROUP, self._consumer, {self._stream: ">"}, count=free, block=BLOCK_MS
+        )
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._spawn(entry_id, fields)
+
+    async def _reclaim(self) -> None:
+        summary = await self._redis.xpending(self._stream, _keys.STREAM_GROUP)
+        for consumer in summary.get("consumers") or []:
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name == self._consumer or await self._redis.exists(_keys.replica_alive(name)):
+                continue
+            free = self._slots.free()
+            if free <= 0:
+                return
+            pending = await self._redis.xpending_range(
+                self._stream, _keys.STREAM_GROUP, min="-", max="+", count=free,
+                consumername=name,
+            )
+            ids = [p["message_id"] for p in pending]
+            if not ids:
+                continue
+            claimed = await self._redis.xclaim(
+                self._stream, _keys.STREAM_GROUP, self._consumer, CLAIM_MIN_IDLE_MS, ids
+            )
+            log.info("reclaimed %d request(s) from dead replica %s", len(claimed), name)
+            for entry_id, fields in claimed:
+                self._spawn(entry_id, fields)
+
+    def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        self._slots.acquire()
+        task = asyncio.create_task(self._serve(entry_id, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving a stream entry failed", exc_info=task.exception())
+
+    async def _serve(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        if not fields:  # deleted while pending: nothing to answer
+            await self._redis.xack(self._stream, _keys.STREAM_GROUP, entry_id)
+            return
+        try:
+            request = QueuedRequest.from_fields(fields)
+        except (KeyError, ValueError):
+            log.error("dropping malformed stream entry %r", entry_id)
+            await self._finish(entry_id, None, error_result(400, "malformed request entry"))
+            return
+        result = await self._handler(request)
+        await self._finish(entry_id, request, result)
+
+    async def _finish(self, entry_id: bytes, request: QueuedRequest | None, result: Result) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    if request is not None:
+                        key = _keys.result(request.id)
+                        pipe.hset(key, mapping=result.to_fields())  # type: ignore[arg-type]
+                        pipe.expire(key, _keys.RESULT_TTL_S)
+                    pipe.xack(self._stream, _keys.STREAM_GROUP, entry_id)
+                    pipe.xdel(self._stream, entry_id)
+                    if request is not None and request.reply_to:
+                        pipe.publish(
+                            _keys.reply_channel(request.reply_to), result.to_message(request.id)
+                        )
+                    await pipe.execute()
+                return
+            except RedisError as exc:
+                log.warning("storing a result failed (%s); retrying in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)

@@ -1,0 +1,123 @@
+"""Run a deployed function on one request: parse the input, call, encode the answer.
+
+Pure of I/O except the call itself. `execute` never raises: every outcome is a `Result`
+with the status of the public contract (400 bad input, 500 function raised, 504 deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from .._protocol import JSON, OCTETS, Result, error_result
+
+
+class BadInput(ValueError):
+    """The request cannot be turned into arguments of the function (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class LoadedFunction:
+    fn: Callable[..., Any]
+    signature: inspect.Signature | None
+    is_async: bool
+
+    @classmethod
+    def from_artifact(cls, artifact: bytes) -> LoadedFunction:
+        fn = cloudpickle.loads(artifact)
+        if not callable(fn):
+            raise TypeError(f"artifact holds a {type(fn).__name__}, not a function")
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        return cls(fn, signature, inspect.iscoroutinefunction(fn))
+
+
+def parse_arguments(content_type: str, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A JSON object is keyword arguments; any other JSON value or raw bytes is one argument."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == OCTETS:
+        return (body,), {}
+    if media not in ("", JSON) and not media.endswith("+json"):
+        raise BadInput(f"unsupported content type {media!r}: send application/json or "
+                       f"application/octet-stream")
+    if not body.strip():
+        return (), {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"malformed JSON: {exc}") from None
+    if isinstance(value, dict):
+        return (), value
+    return (value,), {}
+
+
+def check_arguments(fn: LoadedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if fn.signature is None:
+        return
+    try:
+        fn.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise BadInput(f"wrong arguments: {exc}") from None
+
+
+def encode_value(value: Any) -> Result:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Result(200, OCTETS, bytes(value))
+    try:
+        return Result(200, JSON, json.dumps(value).encode())
+    except (TypeError, ValueError) as exc:
+        return error_result(
+            500, "result not JSON serializable",
+            f"the function returned a {type(value).__name__}: {exc}; return JSON-compatible "
+            "values or bytes",
+        )
+
+
+def raised(exc: BaseException) -> Result:
+    return error_result(
+        500, "function raised", f"{type(exc).__name__}: {exc}", type=type(exc).__name__
+    )
+
+
+def deadline_result(waited_s: float) -> Result:
+    return error_result(504, "deadline exceeded", f"no answer within {waited_s:.1f} s")
+
+
+async def execute(
+    fn: LoadedFunction,
+    content_type: str,
+    body: bytes,
+    deadline: float,
+    executor: Executor | None = None,
+) -> Result:
+    """Run fn on one request until the absolute deadline (seconds since the epoch)."""
+    started = time.time()
+    if started >= deadline:
+        return deadline_result(0.0)
+    try:
+        args, kwargs = parse_arguments(content_type, body)
+        check_arguments(fn, args, kwargs)
+    except BadInput as exc:
+        return error_result(400, "bad input", str(exc))
+    try:
+        if fn.is_async:
+            call = fn.fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(executor, lambda: fn.fn(*args, **kwargs))
+        value = await asyncio.wait_for(call, timeout=deadline - started)
+    except asyncio.TimeoutError:
+        return deadline_result(time.time() - started)
+    except Exception as exc:
+        return raised(exc)
+    return encode_value(value)

@@ -1,0 +1,50 @@
+"""Concurrency slots of one replica, shared by direct calls and stream pulls."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Slots:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.in_use = 0
+        self._changed = asyncio.Event()
+
+    def free(self) -> int:
+        return max(0, self.limit - self.in_use)
+
+    def acquire(self) -> None:
+        """Take a slot without waiting (direct calls are admitted by the activator)."""
+        self.in_use += 1
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._changed.set()
+
+    async def wait_free(self, timeout_s: float) -> bool:
+        if self.free() > 0:
+            return True
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return self.free() > 0
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight (used when draining); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.in_use > 0:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
