@@ -6,8 +6,19 @@
 """
 
 from .sdk import (
-    BadInput, Client, ConfigError, DeadlineExceeded, DeployError, Endpoint, EndpointNotFound,
-    FunctionError, Handle, InvocationError, LowtideError, Overloaded, deploy,
+    BadInput,
+    Client,
+    ConfigError,
+    DeadlineExceeded,
+    DeployError,
+    Endpoint,
+    EndpointNotFound,
+    FunctionError,
+    Handle,
+    InvocationError,
+    LowtideError,
+    Overloaded,
+    deploy,
 )
 
 __version__ = "0.1.0"

@@ -15,9 +15,7 @@ from typing import Any
 JSON = "application/json"
 OCTETS = "application/octet-stream"
 
-REQUEST_ID_HEADER = "X-Lowtide-Request-Id"
-DEADLINE_HEADER = "X-Lowtide-Deadline"  # absolute, seconds since the epoch
-REPLICA_HEADER = "X-Lowtide-Replica"
+TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds the function may run
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,11 @@ def error_result(status: int, error: str, detail: str = "", **extra: Any) -> Res
     return Result(status, JSON, json.dumps(payload).encode())
 
 
+def timeout_result(timeout_s: float) -> Result:
+    return error_result(504, "deadline exceeded",
+                        f"the function did not return within its timeout of {timeout_s:g} s")
+
+
 @dataclass(frozen=True)
 class QueuedRequest:
     """One entry of an endpoint's request stream."""
@@ -59,7 +62,8 @@ class QueuedRequest:
     id: str
     content_type: str
     body: bytes
-    deadline: float
+    start_by: float  # seconds since the epoch; a request still queued then is answered 504
+    timeout_s: float  # how long the function may run once started
     reply_to: str  # activator id whose reply channel waits for it; "" for async requests
 
     def to_fields(self) -> dict[str, Any]:
@@ -67,7 +71,8 @@ class QueuedRequest:
             "id": self.id,
             "ct": self.content_type,
             "body": self.body,
-            "deadline": repr(self.deadline),
+            "start_by": repr(self.start_by),
+            "timeout": repr(self.timeout_s),
             "reply": self.reply_to,
         }
 
@@ -77,6 +82,7 @@ class QueuedRequest:
             id=fields[b"id"].decode(),
             content_type=fields[b"ct"].decode(),
             body=fields[b"body"],
-            deadline=float(fields[b"deadline"]),
+            start_by=float(fields[b"start_by"]),
+            timeout_s=float(fields[b"timeout"]),
             reply_to=fields[b"reply"].decode(),
         )

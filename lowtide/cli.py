@@ -106,7 +106,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:  # noqa: PL
     ac.add_argument("--public-url", default=_env(env, "LOWTIDE_ACTIVATOR_PUBLIC_URL", ""),
                     help="base URL for status links (default: the request's host)")
     ac.add_argument("--max-body-bytes", type=int,
-                    default=int(_env(env, "LOWTIDE_MAX_BODY_BYTES", 10 * 2**20)))
+                    default=int(_env(env, "LOWTIDE_MAX_BODY_BYTES", 10 * 2**20)),
+                    help="largest request body, answered 413 above (default 10 MiB)")
+    ac.add_argument("--max-queue-wait", type=_positive_float, metavar="SECONDS",
+                    default=float(_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", 120)),
+                    help="how long a request may wait for a replica, cold starts included "
+                    "(default 120)")
 
     ag = sub.add_parser("agent", help="run a host agent (starts and stops replicas)")
     ag.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
@@ -216,7 +221,8 @@ def cmd_activator(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .activator.settings import ActivatorSettings
 
     settings = ActivatorSettings(redis_url=_need_redis(args), host=args.host, port=args.port,
-                                 public_url=args.public_url, max_body_bytes=args.max_body_bytes)
+                                 public_url=args.public_url, max_body_bytes=args.max_body_bytes,
+                                 max_queue_wait_s=args.max_queue_wait)
     _setup_logging(args.log_level)
     run(lambda stop: serve(settings, stop))
     return 0

@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -23,11 +24,21 @@ from redis.exceptions import RedisError
 
 from .. import _keys
 from .._http import (
-    BadRequest, NotFound, Unavailable, UnsupportedMediaType, errors_middleware, json_response,
+    BadRequest,
+    NotFound,
+    Unavailable,
+    UnsupportedMediaType,
+    errors_middleware,
+    json_response,
 )
 from .._protocol import (
-    DEADLINE_HEADER, JSON, OCTETS, QueuedRequest, Result,
+    JSON,
+    OCTETS,
+    TIMEOUT_HEADER,
+    QueuedRequest,
+    Result,
     error_result,
+    timeout_result,
 )
 from .._spec import NAME_PATTERN
 from .replies import ReplyHub
@@ -36,7 +47,7 @@ from .settings import ActivatorSettings
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds, at most the endpoint's own timeout
+REPLY_MARGIN_S = 2.0  # beyond a request's own limits, for the answer to travel back
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 FLUSH_S = 1.0
 
@@ -63,6 +74,14 @@ def check_body(content_type: str, body: bytes) -> None:
             json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Call:
+    content_type: str
+    body: bytes
+    timeout_s: float  # how long the function may run
+    start_by: float  # latest start, seconds since the epoch (bounds the wait in the queue)
 
 
 class Activator:
@@ -101,23 +120,23 @@ class Activator:
         name = request.match_info["name"]
         endpoint = await self._endpoint(name)
         body = await request.read()
-        content_type = request.headers.get("Content-Type", "")
+        content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
-        deadline = time.time() + self._timeout_s(request, endpoint)
+        call = Call(content_type, body, self._timeout_s(request, endpoint),
+                    start_by=time.time() + self.settings.max_queue_wait_s)
         self._arrivals[name] += 1
         if request.query.get("async") in ("1", "true", "yes"):
-            request_id = await self._buffer(endpoint, content_type, body, deadline, reply_to="")
+            request_id = await self._buffer(endpoint, call, reply_to="")
             status_url = f"{self._base_url(request)}/requests/{request_id}"
             REQUESTS.labels(name, "async", "202").inc()
             return json_response({"id": request_id, "status_url": status_url}, status=202,
                                  headers={"Location": status_url})
         replica = pick(endpoint)
         path = "warm"
-        result = await self._proxy(endpoint, replica, content_type, body, deadline) \
-            if replica is not None else None
+        result = await self._proxy(endpoint, replica, call) if replica is not None else None
         if result is None:
             path = "buffered"
-            result = await self._buffer_and_wait(endpoint, content_type, body, deadline)
+            result = await self._buffer_and_wait(endpoint, call)
         REQUESTS.labels(name, path, str(result.status)).inc()
         LATENCY.labels(path).observe(time.perf_counter() - started)
         return web.Response(status=result.status, body=result.body,
@@ -171,22 +190,22 @@ class Activator:
     def _base_url(self, request: web.Request) -> str:
         return (self.settings.public_url or f"{request.scheme}://{request.host}").rstrip("/")
 
-    async def _proxy(self, endpoint: EndpointRoute, replica: ReplicaRoute, content_type: str,
-                     body: bytes, deadline: float) -> Result | None:
+    async def _proxy(self, endpoint: EndpointRoute, replica: ReplicaRoute, call: Call
+                     ) -> Result | None:
         """Call the replica directly; None when it cannot be reached (the caller buffers)."""
         assert self.session is not None
         replica.in_flight += 1
         try:
             async with self.session.post(
-                f"http://{replica.address}/lt/invoke", data=body,
-                headers={"Content-Type": content_type or JSON, DEADLINE_HEADER: repr(deadline)},
-                timeout=aiohttp.ClientTimeout(total=max(0.001, deadline - time.time())),
+                f"http://{replica.address}/lt/invoke", data=call.body,
+                headers={"Content-Type": call.content_type,
+                         TIMEOUT_HEADER: repr(call.timeout_s)},
+                timeout=aiohttp.ClientTimeout(total=call.timeout_s + REPLY_MARGIN_S),
             ) as resp:
                 payload = await resp.read()
                 return Result(resp.status, resp.headers.get("Content-Type", JSON), payload)
         except asyncio.TimeoutError:
-            return error_result(504, "deadline exceeded",
-                                f"no answer within {endpoint.timeout_s:g} s")
+            return timeout_result(call.timeout_s)
         except aiohttp.ClientError as exc:
             log.warning("replica %s of %s unreachable (%s); buffering instead", replica.id,
                         endpoint.name, exc)
@@ -195,11 +214,12 @@ class Activator:
         finally:
             replica.in_flight -= 1
 
-    async def _buffer(self, endpoint: EndpointRoute, content_type: str, body: bytes,
-                      deadline: float, reply_to: str, request_id: str = "") -> str:
+    async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,
+                      request_id: str = "") -> str:
         """Append the request to the endpoint's stream; wake the platform when it is cold."""
         request_id = request_id or uuid.uuid4().hex
-        entry = QueuedRequest(request_id, content_type or JSON, body, deadline, reply_to)
+        entry = QueuedRequest(request_id, call.content_type, call.body, call.start_by,
+                              call.timeout_s, reply_to)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(_keys.request(request_id), endpoint.name, ex=_keys.REQUEST_TTL_S)
@@ -212,19 +232,20 @@ class Activator:
                               headers={"Retry-After": "1"}) from None
         return request_id
 
-    async def _buffer_and_wait(self, endpoint: EndpointRoute, content_type: str, body: bytes,
-                               deadline: float) -> Result:
+    async def _buffer_and_wait(self, endpoint: EndpointRoute, call: Call) -> Result:
         request_id = uuid.uuid4().hex
         fut = self.replies.expect(request_id)  # before the entry exists: no answer is missed
         try:
-            await self._buffer(endpoint, content_type, body, deadline, self.id, request_id)
-            result = await self.replies.wait(request_id, fut, deadline - time.time())
+            await self._buffer(endpoint, call, self.id, request_id)
+            wait_s = call.start_by + call.timeout_s + REPLY_MARGIN_S - time.time()
+            result = await self.replies.wait(request_id, fut, wait_s)
         finally:
             self.replies.forget(request_id)
         if result is None:
             return error_result(504, "deadline exceeded",
-                                f"no replica answered within {endpoint.timeout_s:g} s",
-                                request_id=request_id)
+                                "no answer within the queue limit "
+                                f"({self.settings.max_queue_wait_s:g} s) plus the function's "
+                                f"timeout ({call.timeout_s:g} s)", request_id=request_id)
         return result
 
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import aiohttp
-from redis.asyncio import Redis
 
+from .._redis import async_redis
 from .._run import serve_app, supervise
 from .app import Activator, build_app
 from .settings import ActivatorSettings
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
-    redis = Redis.from_url(settings.redis_url)
+    redis = async_redis(settings.redis_url)
     activator = Activator(settings, redis)
     activator.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),

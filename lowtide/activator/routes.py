@@ -91,6 +91,12 @@ class Routes:
         self.endpoints[name] = endpoint
         return endpoint
 
+    async def invalidate(self, name: str) -> None:
+        """Forget the cached view at once (a request meanwhile reads Redis), then reload."""
+        old = self.endpoints.pop(name, None)
+        if old is not None:
+            await self.refresh(name)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Follow route events; resync every RESYNC_S seconds."""
         backoff_s = 0.1
@@ -105,7 +111,7 @@ class Routes:
                         msg = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=0.5)
                         if msg and msg.get("type") == "message":
-                            await self.refresh(msg["data"].decode())
+                            await self.invalidate(msg["data"].decode())
                         if time.monotonic() >= next_resync:
                             await self._resync()
                             next_resync = time.monotonic() + RESYNC_S

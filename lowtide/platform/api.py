@@ -15,8 +15,14 @@ from redis.exceptions import RedisError
 
 from .. import _keys
 from .._http import (
-    BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
-    errors_middleware, json_response,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    errors_middleware,
+    json_response,
 )
 from .._protocol import error_result
 from .._spec import DeploymentSpec, SpecError, check_name, python_version
@@ -118,6 +124,10 @@ class PlatformAPI:
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             await pipe.execute()
         await ensure_group(self.redis, _keys.stream(name))
+        if previous is not None:  # out of routing now: new requests go to the new version
+            for r in await state.load_replicas(self.redis, name):
+                if r.version != version and r.state != "stopping":
+                    await self.scaler.stop(name, r, hosts)
         for host in hosts:
             await self.scaler.enqueue(host, "build", name, version)
         await state.record_event(self.redis, name, "deploy",

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
 
+from .._redis import async_redis
 from .._run import serve_app, supervise
 from .api import build_app
 from .scaler import Scaler, ScalerSettings
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
-    redis = Redis.from_url(settings.redis_url)
+    redis = async_redis(settings.redis_url)
     sync_redis = SyncRedis.from_url(settings.redis_url)
     scaler = Scaler(redis, sync_redis, ScalerSettings(keep_alive_s=settings.keep_alive_s))
     runner = await serve_app(build_app(settings, redis, scaler), settings.host, settings.port)

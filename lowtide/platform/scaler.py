@@ -178,7 +178,7 @@ class Scaler:
                 await self._drop(dep, r, problem, now)
                 continue
             if r.version != dep.version and r.state != "stopping":
-                await self._stop(dep.spec.name, r, hosts)
+                await self.stop(dep.spec.name, r, hosts)
             kept.append(r)
         return kept
 
@@ -244,7 +244,7 @@ class Scaler:
             order = sorted(current, key=lambda r: (r.state != "starting",
                                                    int((r.alive or {}).get("in_flight", 0))))
             for r in order[: -missing]:
-                await self._stop(name, r, hosts)
+                await self.stop(name, r, hosts)
 
     async def _start(self, dep: Deployment, current: list[ReplicaRecord],
                      hosts: dict[str, Any], now: float) -> bool:
@@ -266,7 +266,7 @@ class Scaler:
         log.info("%s: starting replica %s v%d on %s", name, record.id, dep.version, host)
         return True
 
-    async def _stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
+    async def stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
         if r.host not in hosts:
             await state.remove_replica(self.redis, name, r.id)
             return

@@ -2,8 +2,15 @@
 
 from ._client import Client, Endpoint, Handle, default_client, deploy
 from ._errors import (
-    BadInput, ConfigError, DeadlineExceeded, DeployError, EndpointNotFound, FunctionError,
-    InvocationError, LowtideError, Overloaded,
+    BadInput,
+    ConfigError,
+    DeadlineExceeded,
+    DeployError,
+    EndpointNotFound,
+    FunctionError,
+    InvocationError,
+    LowtideError,
+    Overloaded,
 )
 
 __all__ = [

@@ -1,13 +1,15 @@
 """Pull buffered requests from an endpoint's Redis stream while the replica has room.
 
 At-least-once: an entry is acknowledged (and deleted) in the same transaction that stores
-its result, so a replica that dies mid-request leaves the entry pending. Entries pending on
-a consumer whose liveness key has expired are claimed by a live replica and run again.
+its result, so a replica that dies mid-request leaves the entry pending. Consumers are named
+`{replica_id}.{pid}`; entries pending on a consumer whose process no longer heartbeats are
+claimed by a live replica and run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -92,7 +94,7 @@ class StreamPuller:
         for consumer in summary.get("consumers") or []:
             name = consumer["name"]
             name = name.decode() if isinstance(name, bytes) else str(name)
-            if name == self._consumer or await self._redis.exists(_keys.replica_alive(name)):
+            if name == self._consumer or await self._consumer_alive(name):
                 continue
             free = self._slots.free()
             if free <= 0:
@@ -110,6 +112,20 @@ class StreamPuller:
             log.info("reclaimed %d request(s) from dead replica %s", len(claimed), name)
             for entry_id, fields in claimed:
                 self._spawn(entry_id, fields)
+            if len(pending) < free:  # all of it taken over: forget the dead consumer
+                await self._redis.xgroup_delconsumer(self._stream, _keys.STREAM_GROUP, name)
+
+    async def _consumer_alive(self, consumer: str) -> bool:
+        """Consumers are named `{replica_id}.{pid}`: alive while that replica heartbeats
+        from that very process (a restarted worker process is a new consumer)."""
+        replica_id, _, pid = consumer.rpartition(".")
+        beat = await self._redis.get(_keys.replica_alive(replica_id or consumer))
+        if beat is None:
+            return False
+        try:
+            return str(json.loads(beat).get("pid")) == pid
+        except ValueError:
+            return False
 
     def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         self._slots.acquire()

@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import _keys
-from .._protocol import DEADLINE_HEADER, QueuedRequest, Result
+from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
+from .._redis import async_redis
 from .puller import StreamPuller
-from .runtime import LoadedFunction, execute
+from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,10 @@ class Replica:
         self.fn = LoadedFunction.from_artifact(settings.artifact_path.read_bytes())
         self.slots = Slots(settings.concurrency)
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="fn")
-        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.redis: Redis = async_redis(settings.redis_url)
+        self.consumer = f"{settings.replica_id}.{os.getpid()}"
         self.puller = StreamPuller(
-            self.redis, settings.endpoint, settings.replica_id, self._run_queued, self.slots
+            self.redis, settings.endpoint, self.consumer, self._run_queued, self.slots
         )
         self.last_done_at = time.time()
         self._stop = asyncio.Event()
@@ -105,6 +107,7 @@ class Replica:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
+            await self._leave_group()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(_keys.replicas(s.endpoint), s.replica_id)
                 pipe.delete(_keys.replica_alive(s.replica_id))
@@ -115,19 +118,31 @@ class Replica:
         await self.redis.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    async def _leave_group(self) -> None:
+        """Remove this consumer from the stream's group unless it still holds entries
+        (those stay pending, to be claimed by another replica)."""
+        stream = _keys.stream(self.settings.endpoint)
+        pending = await self.redis.xpending_range(
+            stream, _keys.STREAM_GROUP, min="-", max="+", count=1, consumername=self.consumer)
+        if not pending:
+            await self.redis.xgroup_delconsumer(stream, _keys.STREAM_GROUP, self.consumer)
+
     # ---- serving ----------------------------------------------------------------------
-    async def run_direct(self, content_type: str, body: bytes, deadline: float) -> Result:
+    async def run_direct(self, content_type: str, body: bytes, timeout_s: float) -> Result:
         self.slots.acquire()
         try:
-            return await execute(self.fn, content_type, body, deadline, self.executor)
+            return await execute(self.fn, content_type, body, timeout_s, self.executor)
         finally:
             self.slots.release()
             self.last_done_at = time.time()
 
     async def _run_queued(self, request: QueuedRequest) -> Result:
+        late_s = time.time() - request.start_by
+        if late_s > 0:
+            return queue_expired_result(late_s)
         try:
             return await execute(
-                self.fn, request.content_type, request.body, request.deadline, self.executor
+                self.fn, request.content_type, request.body, request.timeout_s, self.executor
             )
         finally:
             self.last_done_at = time.time()
@@ -148,7 +163,7 @@ class Replica:
             await pipe.execute()
 
     async def _heartbeat_once(self) -> None:
-        load = {"in_flight": self.slots.in_use, "limit": self.slots.limit,
+        load = {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": self.slots.limit,
                 "last_done_at": self.last_done_at, "at": time.time()}
         await self.redis.set(
             _keys.replica_alive(self.settings.replica_id), json.dumps(load), ex=ALIVE_TTL_S
@@ -188,12 +203,10 @@ async def _invoke(request: Request) -> Response:
     replica = current()
     body = await request.body()
     try:
-        deadline = float(request.headers.get(DEADLINE_HEADER) or 0) or (
-            time.time() + DEFAULT_TIMEOUT_S
-        )
+        timeout_s = float(request.headers.get(TIMEOUT_HEADER) or DEFAULT_TIMEOUT_S)
     except ValueError:
-        deadline = time.time() + DEFAULT_TIMEOUT_S
-    result = await replica.run_direct(request.headers.get("content-type", ""), body, deadline)
+        timeout_s = DEFAULT_TIMEOUT_S
+    result = await replica.run_direct(request.headers.get("content-type", ""), body, timeout_s)
     return Response(result.body, status_code=result.status, media_type=result.content_type)
 
 

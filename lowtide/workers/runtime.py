@@ -1,7 +1,7 @@
 """Run a deployed function on one request: parse the input, call, encode the answer.
 
 Pure of I/O except the call itself. `execute` never raises: every outcome is a `Result`
-with the status of the public contract (400 bad input, 500 function raised, 504 deadline).
+with the status of the public contract (400 bad input, 500 function raised, 504 timeout).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._protocol import JSON, OCTETS, Result, error_result
+from .._protocol import JSON, OCTETS, Result, error_result, timeout_result
 
 
 class BadInput(ValueError):
@@ -89,21 +88,20 @@ def raised(exc: BaseException) -> Result:
     )
 
 
-def deadline_result(waited_s: float) -> Result:
-    return error_result(504, "deadline exceeded", f"no answer within {waited_s:.1f} s")
+def queue_expired_result(late_s: float) -> Result:
+    return error_result(504, "deadline exceeded",
+                        f"the request waited in the queue past its limit (by {late_s:.1f} s); "
+                        "no replica could take it in time")
 
 
 async def execute(
     fn: LoadedFunction,
     content_type: str,
     body: bytes,
-    deadline: float,
+    timeout_s: float,
     executor: Executor | None = None,
 ) -> Result:
-    """Run fn on one request until the absolute deadline (seconds since the epoch)."""
-    started = time.time()
-    if started >= deadline:
-        return deadline_result(0.0)
+    """Run fn on one request, for at most timeout_s seconds."""
     try:
         args, kwargs = parse_arguments(content_type, body)
         check_arguments(fn, args, kwargs)
@@ -115,9 +113,9 @@ async def execute(
         else:
             loop = asyncio.get_running_loop()
             call = loop.run_in_executor(executor, lambda: fn.fn(*args, **kwargs))
-        value = await asyncio.wait_for(call, timeout=deadline - started)
+        value = await asyncio.wait_for(call, timeout=timeout_s)
     except asyncio.TimeoutError:
-        return deadline_result(time.time() - started)
+        return timeout_result(timeout_s)
     except Exception as exc:
         return raised(exc)
     return encode_value(value)

@@ -1,0 +1,77 @@
+"""pick: power of two choices among healthy replicas that are below their limit."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lowtide.activator.routes import EndpointRoute, ReplicaRoute, pick
+
+
+def endpoint(*replicas: ReplicaRoute) -> EndpointRoute:
+    return EndpointRoute("double", 1, 60.0, {r.id: r for r in replicas})
+
+
+def replica(rid: str, in_flight: int = 0, limit: int = 4, healthy: bool = True) -> ReplicaRoute:
+    return ReplicaRoute(rid, f"127.0.0.1:{9000 + len(rid)}", limit, in_flight, healthy)
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        pytest.param((), id="no-replicas"),
+        pytest.param((replica("a", in_flight=4), replica("b", in_flight=4)), id="all-at-limit"),
+        pytest.param((replica("a", in_flight=5, limit=4),), id="over-limit"),
+        pytest.param((replica("a", healthy=False), replica("b", healthy=False)),
+                     id="all-unhealthy"),
+        pytest.param((replica("a", in_flight=4), replica("b", healthy=False)),
+                     id="full-or-unhealthy"),
+        pytest.param((replica("a", limit=0),), id="zero-limit"),
+    ],
+)
+def test_pick_none_when_nothing_is_open(replicas: tuple[ReplicaRoute, ...]) -> None:
+    assert pick(endpoint(*replicas), random.Random(0)) is None
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        pytest.param((), id="alone"),
+        pytest.param((replica("full", in_flight=4),), id="other-full"),
+        pytest.param((replica("sick", healthy=False),), id="other-unhealthy"),
+        pytest.param((replica("full", in_flight=4), replica("sick", healthy=False)), id="both"),
+    ],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_pick_the_single_open_replica(others: tuple[ReplicaRoute, ...], seed: int) -> None:
+    open_ = replica("open", in_flight=3)
+    assert pick(endpoint(*others, open_), random.Random(seed)) is open_
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pick_the_less_loaded_of_two(seed: int) -> None:
+    busy, idle = replica("busy", in_flight=3), replica("idle", in_flight=1)
+    assert pick(endpoint(busy, idle), random.Random(seed)) is idle
+
+
+def test_pick_is_two_choices_not_global_least_loaded() -> None:
+    loads = {"a": 0, "b": 1, "c": 2, "d": 3}
+    ep = endpoint(*(replica(rid, in_flight=n) for rid, n in loads.items()))
+    chosen = {pick(ep, random.Random(seed)).id for seed in range(50)}  # type: ignore[union-attr]
+    assert "d" not in chosen  # the busiest loses every pair it is sampled into
+    assert chosen == {"a", "b", "c"}  # but anyone else can win the pair it was sampled into
+
+
+def test_pick_is_deterministic_for_a_seed_and_spreads_over_seeds() -> None:
+    ep = endpoint(*(replica(rid) for rid in "abcd"))
+    first = [pick(ep, random.Random(s)) for s in range(40)]
+    again = [pick(ep, random.Random(s)) for s in range(40)]
+    assert first == again
+    assert {r.id for r in first if r is not None} == set("abcd")
+
+
+def test_pick_does_not_count_the_request() -> None:
+    a = replica("a", in_flight=1)
+    pick(endpoint(a), random.Random(0))
+    assert a.in_flight == 1  # the caller owns in-flight accounting
