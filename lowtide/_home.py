@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ DEFAULT_PLATFORM_URL = "http://127.0.0.1:8081"
 CONFIG_FILE = "config.json"
 
 
-def home_dir(environ: dict[str, str] | None = None) -> Path:
+def home_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     return Path(env.get("LOWTIDE_HOME") or Path.home() / ".lowtide").expanduser()
 
@@ -48,7 +49,7 @@ def resolve(
     platform_url: str | None = None,
     activator_url: str | None = None,
     token: str | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ClusterConfig:
     """Explicit values first, then LOWTIDE_* variables, then LOWTIDE_HOME/config.json."""
     env = os.environ if environ is None else environ

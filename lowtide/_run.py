@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -50,7 +51,7 @@ async def supervise(
 
     `before_cancel` runs first on the way out (e.g. stop accepting and drain requests)
     while the background tasks still serve them."""
-    stopper = asyncio.create_task(stop.wait())
+    stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     if before_cancel is not None:
         try:

@@ -86,7 +86,7 @@ class DeploymentSpec:
         spec.validate()
         return spec
 
-    def validate(self) -> None:  # noqa: C901 - one check per field, kept flat on purpose
+    def validate(self) -> None:
         check_name(self.name)
         if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not (
             0 < self.cpu <= 512

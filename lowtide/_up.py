@@ -97,8 +97,8 @@ class Cluster:
                                  "--public-url", activator_url, *keep_alive], env)
         self._spawn("activator", ["activator", "--host", s.host,
                                   "--port", str(s.activator_port)], env)
-        self._spawn("agent", ["agent", "--host-id", "local", "--advertise-address", s.host],
-                    env)
+        self._spawn("agent", ["agent", "--host-id", "local", "--advertise-address", s.host,
+                              "--port", "0"], env)
         config = ClusterConfig(platform_url, activator_url, token, redis_url)
         self._wait_ready(config)
         config.write(s.home)

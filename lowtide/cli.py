@@ -58,7 +58,7 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return str(_env(env, "LOWTIDE_REDIS_URL", _env(env, "REDIS_URL", "")))
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:  # noqa: PLR0915
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lowtide", description="Serverless functions and model serving for Python.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +122,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:  # noqa: PL
     ag.add_argument("--bind-host", default=_env(env, "LOWTIDE_BIND_HOST", None),
                     help="interface replicas listen on (default: the advertise address)")
     ag.add_argument("--home", default=home, help=f"state directory (default {home})")
+    ag.add_argument("--port", type=_port, default=_port(_env(env, "LOWTIDE_AGENT_PORT", "8082")),
+                    help="port of the agent's /healthz and /metrics (default 8082, 0 = any)")
     ag.add_argument("--concurrency", type=int,
                     default=int(_env(env, "LOWTIDE_REPLICA_CONCURRENCY", 16)),
                     help="requests one replica runs at once")
@@ -238,7 +240,7 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis_url=_need_redis(args), home=Path(args.home).expanduser(), host_id=args.host_id,
         advertise_address=args.advertise_address,
         bind_host=args.bind_host or args.advertise_address,
-        replica_concurrency=args.concurrency)
+        replica_concurrency=args.concurrency, port=args.port)
     _setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -223,7 +223,7 @@ class Activator:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(_keys.request(request_id), endpoint.name, ex=_keys.REQUEST_TTL_S)
-                pipe.xadd(_keys.stream(endpoint.name), entry.to_fields())  # type: ignore[arg-type]
+                pipe.xadd(_keys.stream(endpoint.name), entry.to_fields())
                 if not endpoint.ready():
                     pipe.publish(_keys.WAKE_CHANNEL, endpoint.name)
                 await pipe.execute()

@@ -178,7 +178,7 @@ class PlatformAPI:
         if hosts:
             values = await self.redis.mget([_keys.build_state(name, dep.version, h)
                                             for h in hosts])
-            builds = {h: v.decode() for h, v in zip(hosts, values) if v}
+            builds = {h: v.decode() for h, v in zip(hosts, values, strict=True) if v}
         return {
             "name": name,
             "url": self.url_of(name),
@@ -232,7 +232,7 @@ class PlatformAPI:
                 rid, reply = fields.get(b"id", b"").decode(), fields.get(b"reply", b"").decode()
                 if not rid:
                     continue
-                pipe.hset(_keys.result(rid), mapping=result.to_fields())  # type: ignore[arg-type]
+                pipe.hset(_keys.result(rid), mapping=result.to_fields())
                 pipe.expire(_keys.result(rid), _keys.RESULT_TTL_S)
                 if reply:
                     pipe.publish(_keys.reply_channel(reply), result.to_message(rid))

@@ -203,7 +203,7 @@ class Scaler:
     def _start_job_error(self, replica_id: str) -> str | None:
         try:
             job = Job.fetch(f"start-{replica_id}", connection=self.sync_redis)
-        except Exception:  # noqa: BLE001 - a vanished job is simply not a failure report
+        except Exception:
             return None
         if job.get_status() != JobStatus.FAILED:
             return None

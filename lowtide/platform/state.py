@@ -70,7 +70,7 @@ async def load_replicas(redis: Redis, name: str) -> list[ReplicaRecord]:
     records = [ReplicaRecord.from_json(v) for v in raw.values()]
     if records:
         alive = await redis.mget([_keys.replica_alive(r.id) for r in records])
-        for record, beat in zip(records, alive):
+        for record, beat in zip(records, alive, strict=True):
             record.alive = json.loads(beat) if beat else None
     return sorted(records, key=lambda r: r.created_at)
 
@@ -148,7 +148,7 @@ async def live_hosts(redis: Redis) -> dict[str, dict[str, Any]]:
         return {}
     beats = await redis.mget([_keys.host_alive(h) for h in hosts])
     live = {}
-    for (host_id, host), beat in zip(hosts.items(), beats):
+    for (host_id, host), beat in zip(hosts.items(), beats, strict=True):
         if beat:
             host["load"] = json.loads(beat)
             live[host_id] = host

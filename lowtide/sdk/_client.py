@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +34,7 @@ def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[st
         for pname in params[: len(args)]:
             if pname in kwargs:
                 raise TypeError(f"got multiple values for argument {pname!r}")
-        kwargs = {**dict(zip(params, args)), **kwargs}
+        kwargs = {**dict(zip(params, args, strict=False)), **kwargs}
     return _JSON, json.dumps(kwargs).encode()
 
 
@@ -117,14 +118,14 @@ class Client:
         return Endpoint(self, name, status["url"], spec.get("params"),
                         float(spec.get("timeout_s", 60.0)), int(status["version"]))
 
-    def list(self) -> list[dict[str, Any]]:
-        return list(self._api("GET", "/v1/deployments")["deployments"])
+    def list(self) -> builtins.list[dict[str, Any]]:
+        return builtins.list(self._api("GET", "/v1/deployments")["deployments"])
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self._api("GET", f"/v1/deployments/{name}"))
 
-    def events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._api("GET", f"/v1/deployments/{name}/events",
+    def events(self, name: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return builtins.list(self._api("GET", f"/v1/deployments/{name}/events",
                               params={"limit": limit})["events"])
 
     def logs(self, name: str, after: str = "0-0", wait_ms: int = 0) -> dict[str, Any]:

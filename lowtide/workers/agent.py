@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from prometheus_client import Counter, Gauge
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
@@ -27,9 +28,14 @@ from rq.timeouts import TimerDeathPenalty
 from .. import _keys
 from .._redisserver import free_port
 from . import bento
+from .health import serve_health
 from .procs import die_with_parent_hook, stop_group
 
 log = logging.getLogger(__name__)
+
+REPLICAS = Gauge("lowtide_agent_replicas", "Replica processes running on this host")
+STARTS = Counter("lowtide_agent_replica_starts_total", "Replica processes started")
+CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited unasked")
 
 HEARTBEAT_S = 1.0
 HOST_ALIVE_TTL_S = 5
@@ -45,6 +51,7 @@ class AgentSettings:
     bind_host: str = "127.0.0.1"
     replica_concurrency: int = 16
     stop_grace_s: float = 10.0
+    port: int = 8082  # /healthz and /metrics; 0 picks a free port
 
     @property
     def bentoml_home(self) -> Path:
@@ -88,10 +95,12 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         global _current
         _current = self
+        health = serve_health(self.settings.bind_host, self.settings.port, self._health)
+        self.http_port = health.server_address[1]
         self._register()
         self._start_rq()
-        log.info("agent %s ready (queue %s)", self.settings.host_id,
-                 _keys.host_queue(self.settings.host_id))
+        log.info("agent %s ready (queue %s, health on port %d)", self.settings.host_id,
+                 _keys.host_queue(self.settings.host_id), self.http_port)
         try:
             while not stop.wait(HEARTBEAT_S):
                 if self._rq_thread is not None and not self._rq_thread.is_alive():
@@ -100,6 +109,14 @@ class Agent:
                 self._heartbeat()
         finally:
             self.shutdown()
+            health.shutdown()
+
+    def _health(self) -> dict[str, object]:
+        with self._lock:
+            count = len(self.replicas)
+        rq_ok = self._rq_thread is not None and self._rq_thread.is_alive()
+        return {"status": "ok" if rq_ok else "degraded", "component": "agent",
+                "host_id": self.settings.host_id, "replicas": count}
 
     def shutdown(self) -> None:
         if self._rq is not None:
@@ -141,6 +158,7 @@ class Agent:
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             "started_at": time.time(),
             "pid": os.getpid(),
+            "health_port": getattr(self, "http_port", None),
         }
         self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(host))
         self._heartbeat()
@@ -217,6 +235,8 @@ class Agent:
         rp.pump.start()
         with self._lock:
             self.replicas[replica_id] = rp
+            REPLICAS.set(len(self.replicas))
+        STARTS.inc()
         log.info("started replica %s of %s v%d on %s (pid %d)", replica_id, endpoint, version,
                  address, proc.pid)
         return address
@@ -242,8 +262,10 @@ class Agent:
             exited = [r for r in self.replicas.values() if r.proc.poll() is not None]
             for r in exited:
                 del self.replicas[r.replica_id]
+            REPLICAS.set(len(self.replicas))
         for r in exited:
             if not r.stopping:
+                CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down
                 self._log_line(r, f"[lowtide] replica exited unexpectedly with code "
                                   f"{r.proc.returncode}")

@@ -71,7 +71,9 @@ def find_bento(endpoint: str, version: int) -> BuiltBento | None:
     return BuiltBento(tag, Path(bento.path))
 
 
-def build_bento(endpoint: str, version: int, artifact: bytes, requirements: list[str]) -> BuiltBento:
+def build_bento(
+    endpoint: str, version: int, artifact: bytes, requirements: list[str]
+) -> BuiltBento:
     import bentoml
 
     existing = find_bento(endpoint, version)

@@ -159,7 +159,7 @@ class StreamPuller:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     if request is not None:
                         key = _keys.result(request.id)
-                        pipe.hset(key, mapping=result.to_fields())  # type: ignore[arg-type]
+                        pipe.hset(key, mapping=result.to_fields())
                         pipe.expire(key, _keys.RESULT_TTL_S)
                     pipe.xack(self._stream, _keys.STREAM_GROUP, entry_id)
                     pipe.xdel(self._stream, entry_id)
