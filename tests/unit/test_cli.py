@@ -73,7 +73,8 @@ def test_flags_beat_env(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("command", "var", "value"),
     [("platform", "LOWTIDE_PLATFORM_PORT", "9081"),
-     ("activator", "LOWTIDE_ACTIVATOR_PORT", "9080")],
+     ("activator", "LOWTIDE_ACTIVATOR_PORT", "9080"),
+     ("agent", "LOWTIDE_AGENT_PORT", "9082")],
 )
 def test_component_port_from_env(env: dict[str, str], command: str, var: str,
                                  value: str) -> None:
@@ -109,7 +110,7 @@ def test_keep_alive_from_env(env: dict[str, str], value: str | None,
 @pytest.mark.parametrize(
     ("command", "flag"),
     [("up", "--activator-port"), ("up", "--platform-port"), ("platform", "--port"),
-     ("activator", "--port")],
+     ("activator", "--port"), ("agent", "--port")],
 )
 def test_invalid_port_flag_is_a_usage_error(env: dict[str, str], command: str, flag: str,
                                             value: str,
@@ -145,6 +146,7 @@ def test_invalid_keep_alive_env_is_a_usage_error(env: dict[str, str],
         ("LOWTIDE_ACTIVATOR_PORT", "abc", "up"),
         ("LOWTIDE_PLATFORM_PORT", "99999", "up"),
         ("LOWTIDE_PLATFORM_PORT", "abc", "platform"),
+        ("LOWTIDE_AGENT_PORT", "70000", "agent"),
         ("LOWTIDE_MAX_BODY_BYTES", "10MiB", "activator"),
         ("LOWTIDE_REPLICA_CONCURRENCY", "many", "agent"),
         ("LOWTIDE_MAX_QUEUE_WAIT_S", "later", "activator"),

@@ -130,7 +130,7 @@ def test_modules_written_by_the_user_are_user_modules(user_app: ModuleType) -> N
 
 
 def test_a_module_under_a_given_root_is_not_a_user_module(user_app: ModuleType) -> None:
-    assert not is_user_module(user_app, roots=[Path(user_app.__file__).parent.resolve()])
+    assert not is_user_module(user_app, roots=[Path(str(user_app.__file__)).parent.resolve()])
 
 
 def run_pickle_elsewhere(artifact: bytes, tmp_path: Path, code: str) -> Any:

@@ -91,7 +91,10 @@ CASES = [
      obs(desired=1, ready=1, in_flight=4, queued=4, oldest_wait_s=BACKLOG_WAIT_S - 0.01),
      0.0, 1, "steady"),
     ("backlog-while-starting",
-     obs(desired=1, ready=0, starting=1, queued=4, oldest_wait_s=10.0), 0.0, 1, "steady"),
+     obs(desired=1, ready=0, starting=1, queued=8, oldest_wait_s=10.0), 0.0, 1, "steady"),
+    ("backlog-while-one-of-many-starting",
+     obs(desired=2, ready=1, starting=1, in_flight=4, queued=8, oldest_wait_s=10.0), 0.0, 2,
+     "steady"),
     ("backlog-enough-replicas",
      obs(desired=3, ready=3, in_flight=4, queued=1, oldest_wait_s=5.0), 0.0, 3, "steady"),
     ("backlog-already-at-max",
@@ -196,7 +199,7 @@ def test_scenario_deploy_wake_traffic_idle_wake_again() -> None:
 
     ep.activity(100.0)  # first request: woken at once, no backlog timer
     ep.step(100.0, queued=1)
-    ep.step(101.5, starting=1, queued=1, oldest_wait_s=1.5)  # starting: no pile-on
+    ep.step(101.5, starting=1, queued=6, oldest_wait_s=1.5)  # starting: no pile-on
     ep.step(103.0, ready=1, in_flight=1)
 
     ep.activity(110.0)  # a burst: wait for the backlog to age before adding capacity
