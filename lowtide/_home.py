@@ -30,6 +30,7 @@ class ClusterConfig:
         path = home / CONFIG_FILE
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover tmp file keeps its mode otherwise: it holds the token
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f, indent=2)
         tmp.replace(path)
@@ -40,6 +41,8 @@ class ClusterConfig:
         try:
             data = json.loads((home / CONFIG_FILE).read_text())
         except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
             return None
         known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

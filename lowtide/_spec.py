@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")  # use with fullmatch
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?|B|b)?\s*$")
 _FACTORS = {
     None: 1, "B": 1, "b": 1,
@@ -26,7 +26,7 @@ class SpecError(ValueError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
             f"name {name!r} is not allowed: use 1-63 characters, lowercase letters, digits and "
             "'-', starting with a letter (e.g. 'double' or 'resnet-50')"
@@ -39,8 +39,8 @@ def parse_memory(value: object, key: str = "memory") -> int:
     if isinstance(value, bool):
         raise SpecError(f"{key}={value!r} is not a size")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise SpecError(f"{key}={value!r} must be positive")
+        if not value >= 1:
+            raise SpecError(f"{key}={value!r} must be at least one byte")
         return int(value)
     if isinstance(value, str):
         m = _MEMORY.match(value)
@@ -48,7 +48,7 @@ def parse_memory(value: object, key: str = "memory") -> int:
             unit = m.group(2)
             unit = unit[0].upper() + unit[1:] if unit and unit not in ("b",) else unit
             factor = _FACTORS.get(unit)
-            if factor is not None and float(m.group(1)) > 0:
+            if factor is not None and int(float(m.group(1)) * factor) >= 1:
                 return int(float(m.group(1)) * factor)
     raise SpecError(f"{key}={value!r} is not a size: use bytes or e.g. '512Mi', '8Gi'")
 
@@ -82,6 +82,8 @@ class DeploymentSpec:
         if unknown:
             raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed: "
                             f"{', '.join(sorted(known))}")
+        if "name" not in data:
+            raise SpecError("missing field name")
         spec = cls(**data)
         spec.validate()
         return spec

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -39,8 +40,18 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
 
 
@@ -74,10 +85,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     up.add_argument("--redis-url", default=_redis_url(env),
                     help="use this Redis instead of an embedded one (env REDIS_URL)")
     up.add_argument("--activator-port", type=_port,
-                    default=_port(_env(env, "LOWTIDE_ACTIVATOR_PORT", "8080")),
+                    default=_env(env, "LOWTIDE_ACTIVATOR_PORT", "8080"),
                     help="invoke URLs port (default 8080, env LOWTIDE_ACTIVATOR_PORT)")
     up.add_argument("--platform-port", type=_port,
-                    default=_port(_env(env, "LOWTIDE_PLATFORM_PORT", "8081")),
+                    default=_env(env, "LOWTIDE_PLATFORM_PORT", "8081"),
                     help="control-plane API port (default 8081, env LOWTIDE_PLATFORM_PORT)")
     up.add_argument("--keep-alive", type=_positive_float, metavar="SECONDS",
                     default=_env(env, "LOWTIDE_KEEP_ALIVE_S"),
@@ -87,8 +98,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pl = sub.add_parser("platform", help="run the control plane (API + autoscaler)")
     pl.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
     pl.add_argument("--host", default=_env(env, "LOWTIDE_PLATFORM_HOST", "127.0.0.1"))
-    pl.add_argument("--port", type=_port, default=_port(_env(env, "LOWTIDE_PLATFORM_PORT",
-                                                             "8081")))
+    pl.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_PLATFORM_PORT",
+                                                             "8081"))
     pl.add_argument("--token", default=_env(env, "LOWTIDE_TOKEN", ""),
                     help="API bearer token (env LOWTIDE_TOKEN)")
     pl.add_argument("--public-url", default=_env(env, "LOWTIDE_PUBLIC_URL",
@@ -101,15 +112,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     ac = sub.add_parser("activator", help="run the ingress (invoke URLs)")
     ac.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
     ac.add_argument("--host", default=_env(env, "LOWTIDE_ACTIVATOR_HOST", "127.0.0.1"))
-    ac.add_argument("--port", type=_port, default=_port(_env(env, "LOWTIDE_ACTIVATOR_PORT",
-                                                             "8080")))
+    ac.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_ACTIVATOR_PORT",
+                                                             "8080"))
     ac.add_argument("--public-url", default=_env(env, "LOWTIDE_ACTIVATOR_PUBLIC_URL", ""),
                     help="base URL for status links (default: the request's host)")
-    ac.add_argument("--max-body-bytes", type=int,
-                    default=int(_env(env, "LOWTIDE_MAX_BODY_BYTES", 10 * 2**20)),
+    ac.add_argument("--max-body-bytes", type=_positive_int,
+                    default=_env(env, "LOWTIDE_MAX_BODY_BYTES", str(10 * 2**20)),
                     help="largest request body, answered 413 above (default 10 MiB)")
     ac.add_argument("--max-queue-wait", type=_positive_float, metavar="SECONDS",
-                    default=float(_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", 120)),
+                    default=_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", "120"),
                     help="how long a request may wait for a replica, cold starts included "
                     "(default 120)")
 
@@ -122,10 +133,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     ag.add_argument("--bind-host", default=_env(env, "LOWTIDE_BIND_HOST", None),
                     help="interface replicas listen on (default: the advertise address)")
     ag.add_argument("--home", default=home, help=f"state directory (default {home})")
-    ag.add_argument("--port", type=_port, default=_port(_env(env, "LOWTIDE_AGENT_PORT", "8082")),
+    ag.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_AGENT_PORT", "8082"),
                     help="port of the agent's /healthz and /metrics (default 8082, 0 = any)")
-    ag.add_argument("--concurrency", type=int,
-                    default=int(_env(env, "LOWTIDE_REPLICA_CONCURRENCY", 16)),
+    ag.add_argument("--concurrency", type=_positive_int,
+                    default=_env(env, "LOWTIDE_REPLICA_CONCURRENCY", "16"),
                     help="requests one replica runs at once")
 
     de = sub.add_parser("deploy", help="deploy module:function",

@@ -162,7 +162,7 @@ class Activator:
 
     # ---- pieces -----------------------------------------------------------------------
     async def _endpoint(self, name: str) -> EndpointRoute:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise NotFound(f"no endpoint named {name!r}")
         try:
             endpoint = await self.routes.get(name)

@@ -27,6 +27,8 @@ def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[st
         return _OCTETS, bytes(args[0])
     if args:
         if params is None:
+            if len(args) == 1 and not kwargs and not isinstance(args[0], dict):
+                return _JSON, json.dumps(args[0]).encode()  # one JSON value, one argument
             raise TypeError("this endpoint takes *args; pass keyword arguments or one JSON value")
         if len(args) > len(params):
             raise TypeError(f"takes {len(params)} positional argument(s) but {len(args)} were "

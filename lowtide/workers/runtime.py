@@ -18,6 +18,8 @@ import cloudpickle
 
 from .._protocol import JSON, OCTETS, Result, error_result, timeout_result
 
+CANCEL_GRACE_S = 1.0
+
 
 class BadInput(ValueError):
     """The request cannot be turned into arguments of the function (answered with 400)."""
@@ -60,20 +62,35 @@ def parse_arguments(content_type: str, body: bytes) -> tuple[tuple[Any, ...], di
     return (value,), {}
 
 
-def check_arguments(fn: LoadedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def bind_arguments(fn: LoadedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Check the arguments fit the function; JSON keys naming positional-only parameters
+    become positional arguments. Raises BadInput with the reason."""
     if fn.signature is None:
-        return
+        return args, kwargs
+    positional_only = [p.name for p in fn.signature.parameters.values()
+                       if p.kind is p.POSITIONAL_ONLY]
+    if positional_only and not args and positional_only[0] in kwargs:
+        kwargs = dict(kwargs)
+        moved = []
+        for pname in positional_only:
+            if pname not in kwargs:
+                break
+            moved.append(kwargs.pop(pname))
+        args = tuple(moved)
     try:
         fn.signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise BadInput(f"wrong arguments: {exc}") from None
+    return args, kwargs
+
 
 
 def encode_value(value: Any) -> Result:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return Result(200, OCTETS, bytes(value))
     try:
-        return Result(200, JSON, json.dumps(value).encode())
+        return Result(200, JSON, json.dumps(value, allow_nan=False).encode())
     except (TypeError, ValueError) as exc:
         return error_result(
             500, "result not JSON serializable",
@@ -104,18 +121,24 @@ async def execute(
     """Run fn on one request, for at most timeout_s seconds."""
     try:
         args, kwargs = parse_arguments(content_type, body)
-        check_arguments(fn, args, kwargs)
+        args, kwargs = bind_arguments(fn, args, kwargs)
     except BadInput as exc:
         return error_result(400, "bad input", str(exc))
     try:
         if fn.is_async:
-            call = fn.fn(*args, **kwargs)
+            call: asyncio.Future[Any] = asyncio.ensure_future(fn.fn(*args, **kwargs))
         else:
             loop = asyncio.get_running_loop()
             call = loop.run_in_executor(executor, lambda: fn.fn(*args, **kwargs))
-        value = await asyncio.wait_for(call, timeout=timeout_s)
-    except asyncio.TimeoutError:
-        return timeout_result(timeout_s)
-    except Exception as exc:
+        done, _ = await asyncio.wait({call}, timeout=timeout_s)
+        if not done:  # our limit, not a TimeoutError the function raised itself
+            call.cancel()  # a coroutine stops at its next await; a thread runs on, unheard
+            if fn.is_async:
+                await asyncio.wait({call}, timeout=CANCEL_GRACE_S)
+            return timeout_result(timeout_s)
+        value = call.result()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # SystemExit from sys.exit() in the function, too
         return raised(exc)
     return encode_value(value)

@@ -135,10 +135,6 @@ def test_invalid_keep_alive_env_is_a_usage_error(env: dict[str, str],
     assert "'soon' is not a number" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, raises=(argparse.ArgumentTypeError, ValueError),
-                   reason="BUG: build_parser converts these LOWTIDE_* values while building "
-                   "the parser, so a bad value raises a raw exception (a traceback from "
-                   "main(), for every command) instead of an argparse error")
 @pytest.mark.parametrize(
     ("var", "value", "command"),
     [
@@ -158,9 +154,6 @@ def test_invalid_env_value_is_a_usage_error(env: dict[str, str], var: str, value
     assert exit_code(env, command) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LOWTIDE_MAX_QUEUE_WAIT_S is turned into a float "
-                   "before argparse sees it, so _positive_float never checks it and a negative "
-                   "wait is accepted")
 def test_negative_max_queue_wait_env_is_a_usage_error(env: dict[str, str]) -> None:
     env["LOWTIDE_MAX_QUEUE_WAIT_S"] = "-5"
     assert exit_code(env, "activator") == 2
@@ -172,9 +165,6 @@ def test_max_queue_wait_flag_is_checked(env: dict[str, str]) -> None:
     assert exit_code(env, "activator", "--max-queue-wait", "-5") == 2
 
 
-@pytest.mark.xfail(strict=True, raises=argparse.ArgumentTypeError,
-                   reason="BUG: a bad LOWTIDE_ACTIVATOR_PORT breaks even commands that "
-                   "do not use it, because every default is converted at build time")
 def test_invalid_port_env_does_not_break_unrelated_commands(env: dict[str, str]) -> None:
     env["LOWTIDE_ACTIVATOR_PORT"] = "abc"
     assert parse(env, "ls").command == "ls"

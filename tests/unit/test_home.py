@@ -100,9 +100,6 @@ def test_write_replaces_a_readable_file_with_a_private_one(home: Path) -> None:
     assert ClusterConfig.read(home) == SAVED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: write() opens config.tmp with O_CREAT and mode "
-                   "0600, which does not change the mode of a leftover tmp file, so a stale "
-                   "world-readable config.tmp makes the token file world-readable")
 def test_write_is_private_even_over_a_stale_tmp_file(home: Path) -> None:
     home.mkdir()
     (home / "config.tmp").write_text("left over from a crash")
@@ -138,9 +135,6 @@ def test_read_a_directory_in_place_of_the_file_is_none(home: Path) -> None:
     assert ClusterConfig.read(home) is None
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG: read() calls .items() on "
-                   "whatever JSON the file holds; valid JSON that is not an object raises "
-                   "AttributeError instead of returning None")
 @pytest.mark.parametrize("content", [b"[]", b"null", b'"token"', b"42"])
 def test_read_json_that_is_not_an_object_is_none(home: Path, content: bytes) -> None:
     home.mkdir()

@@ -20,7 +20,7 @@ from lowtide.workers.replica import Replica, ReplicaSettings
 from lowtide.workers.runtime import (
     BadInput,
     LoadedFunction,
-    check_arguments,
+    bind_arguments,
     encode_value,
     execute,
     parse_arguments,
@@ -92,7 +92,7 @@ def test_parse_arguments_bad_input(content_type: str, body: bytes, message: str)
         parse_arguments(content_type, body)
 
 
-# ---- check_arguments ------------------------------------------------------------------
+# ---- bind_arguments ------------------------------------------------------------------
 def two(a: int, b: int = 2, *, c: int = 3) -> int:
     return a + b + c
 
@@ -101,8 +101,8 @@ def two(a: int, b: int = 2, *, c: int = 3) -> int:
     ("args", "kwargs"),
     [((1,), {}), ((), {"a": 1}), ((), {"a": 1, "b": 2, "c": 3}), ((1, 2), {"c": 0})],
 )
-def test_check_arguments_accepts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    check_arguments(loaded(two), args, kwargs)
+def test_bind_arguments_accepts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    bind_arguments(loaded(two), args, kwargs)
 
 
 @pytest.mark.parametrize(
@@ -114,15 +114,15 @@ def test_check_arguments_accepts(args: tuple[Any, ...], kwargs: dict[str, Any]) 
         ((1,), {"a": 1}, "multiple values for argument 'a'"),
     ],
 )
-def test_check_arguments_refuses(args: tuple[Any, ...], kwargs: dict[str, Any],
+def test_bind_arguments_refuses(args: tuple[Any, ...], kwargs: dict[str, Any],
                                  message: str) -> None:
     with pytest.raises(BadInput, match=f"wrong arguments: {message}"):
-        check_arguments(loaded(two), args, kwargs)
+        bind_arguments(loaded(two), args, kwargs)
 
 
-def test_check_arguments_without_signature_lets_the_call_decide() -> None:
+def test_bind_arguments_without_signature_lets_the_call_decide() -> None:
     fn = LoadedFunction(two, None, False)
-    check_arguments(fn, (1, 2, 3, 4), {"nope": 1})  # no signature: nothing to check
+    bind_arguments(fn, (1, 2, 3, 4), {"nope": 1})  # no signature: nothing to check
 
 
 def test_from_artifact_refuses_a_non_function() -> None:
@@ -296,9 +296,6 @@ async def test_execute_504_cancels_an_async_function_at_its_timeout() -> None:
     assert cancelled.is_set()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: execute catches asyncio.TimeoutError, which is the "
-                   "builtin TimeoutError since 3.11, so a function raising TimeoutError (e.g. a "
-                   "socket timeout) is answered 504 'deadline exceeded' instead of 500")
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 async def test_execute_function_raising_timeout_error_is_500(is_async: bool) -> None:
     def sync_timeout() -> None:
@@ -312,9 +309,6 @@ async def test_execute_function_raising_timeout_error_is_500(is_async: bool) -> 
     assert (result.status, body_of(result).get("type")) == (500, "TimeoutError")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: execute catches only Exception; a function that "
-                   "raises SystemExit (sys.exit(), argparse on bad input) makes execute raise, "
-                   "breaking its 'never raises' contract")
 def test_execute_function_raising_system_exit_is_500() -> None:
     def exits() -> None:
         raise SystemExit(2)

@@ -45,8 +45,6 @@ def test_parse_memory_refuses(value: object) -> None:
     assert f"memory={value!r}" in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_memory returns 0 bytes for a size below "
-                   "one byte although it promises a positive size")
 @pytest.mark.parametrize("value", [
     pytest.param("0.5", id="str-half"), pytest.param("0.1B", id="str-tenth-B"),
     pytest.param(0.5, id="float-half")])
@@ -79,8 +77,6 @@ def test_name_refused(name: object) -> None:
         DeploymentSpec.from_dict({"name": name})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NAME_PATTERN ends in '$', which also matches "
-                   "before a trailing newline, so 'double\\n' passes as a name")
 @pytest.mark.parametrize("name", ["double\n", "a\n"])
 def test_name_with_trailing_newline_refused(name: str) -> None:
     with pytest.raises(SpecError):
@@ -118,8 +114,6 @@ def test_from_dict_needs_an_object(data: object) -> None:
         DeploymentSpec.from_dict(data)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a spec without 'name' raises "
-                   "TypeError from the dataclass, not a SpecError naming the field")
 def test_from_dict_missing_name_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="name"):
         DeploymentSpec.from_dict({"cpu": 1})
