@@ -11,6 +11,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from .workers.procs import die_with_parent_hook
+
 
 class RedisServerError(RuntimeError):
     pass
@@ -56,7 +58,9 @@ def start_redis_server(
         "--loglevel", "warning",
     ]
     log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # its own session: a Ctrl-C on the terminal must not stop Redis before its users
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=die_with_parent_hook())
     log.close()
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + wait_s

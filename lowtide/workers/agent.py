@@ -88,6 +88,7 @@ class Agent:
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
         self._rq: _ThreadWorker | None = None
         self._rq_thread: threading.Thread | None = None
+        self._stopping = False
         os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
@@ -119,10 +120,11 @@ class Agent:
                 "host_id": self.settings.host_id, "replicas": count}
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True  # from now on start jobs are refused
+            replicas = list(self.replicas.values())
         if self._rq is not None:
             self._rq._stop_requested = True
-        with self._lock:
-            replicas = list(self.replicas.values())
         threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
         for t in threads:
             t.start()
@@ -205,6 +207,8 @@ class Agent:
             return built
 
     def start_replica(self, endpoint: str, version: int, replica_id: str) -> str:
+        if self._stopping:
+            raise RuntimeError(f"agent {self.settings.host_id} is stopping")
         built = self.build(endpoint, version)
         spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
         python = bento.ensure_python(spec.get("requirements", []), self.settings.home / "envs")
@@ -234,9 +238,13 @@ class Agent:
                                    name=f"logs-{replica_id}")
         rp.pump.start()
         with self._lock:
+            stopping = self._stopping
             self.replicas[replica_id] = rp
             REPLICAS.set(len(self.replicas))
         STARTS.inc()
+        if stopping:  # shutdown began while it was starting: it must not outlive us
+            self._stop_process(rp)
+            raise RuntimeError(f"agent {self.settings.host_id} is stopping")
         log.info("started replica %s of %s v%d on %s (pid %d)", replica_id, endpoint, version,
                  address, proc.pid)
         return address
