@@ -45,6 +45,7 @@ class UpSettings:
     host: str = "127.0.0.1"
     keep_alive_s: float | None = None
     log_level: str = "INFO"
+    pool: bool = True
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -97,8 +98,9 @@ class Cluster:
                                  "--public-url", activator_url, *keep_alive], env)
         self._spawn("activator", ["activator", "--host", s.host,
                                   "--port", str(s.activator_port)], env)
+        no_pool = [] if s.pool else ["--no-pool"]
         self._spawn("agent", ["agent", "--host-id", "local", "--advertise-address", s.host,
-                              "--port", "0"], env)
+                              "--port", "0", *no_pool], env)
         config = ClusterConfig(platform_url, activator_url, token, redis_url)
         self._wait_ready(config)
         config.write(s.home)

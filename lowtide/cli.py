@@ -94,6 +94,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_KEEP_ALIVE_S"),
                     help="fixed idle time before scaling to zero (default: platform policy)")
     up.add_argument("--home", default=home, help=f"state directory (default {home})")
+    up.add_argument("--no-pool", dest="pool", action="store_false",
+                    help="keep no prewarmed workers (slower cold starts, less idle memory)")
 
     pl = sub.add_parser("platform", help="run the control plane (API + autoscaler)")
     pl.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
@@ -123,6 +125,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", "120"),
                     help="how long a request may wait for a replica, cold starts included "
                     "(default 120)")
+    ac.add_argument("--workers", type=_positive_int,
+                    default=_env(env, "LOWTIDE_ACTIVATOR_WORKERS", "1"),
+                    help="processes serving the port, with SO_REUSEPORT (default 1)")
 
     ag = sub.add_parser("agent", help="run a host agent (starts and stops replicas)")
     ag.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
@@ -135,6 +140,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     ag.add_argument("--home", default=home, help=f"state directory (default {home})")
     ag.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_AGENT_PORT", "8082"),
                     help="port of the agent's /healthz and /metrics (default 8082, 0 = any)")
+    ag.add_argument("--no-pool", dest="pool", action="store_false",
+                    default=_env(env, "LOWTIDE_POOL", "1") not in ("0", "false", "no"),
+                    help="keep no prewarmed workers (env LOWTIDE_POOL=0); cold starts then "
+                    "pay for a full server start")
     ag.add_argument("--concurrency", type=_positive_int,
                     default=_env(env, "LOWTIDE_REPLICA_CONCURRENCY", "16"),
                     help="requests one replica runs at once")
@@ -211,7 +220,7 @@ def cmd_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return up(UpSettings(home=Path(args.home).expanduser(), redis_url=args.redis_url,
                          activator_port=args.activator_port, platform_port=args.platform_port,
                          keep_alive_s=None if args.keep_alive is None else float(args.keep_alive),
-                         log_level=args.log_level))
+                         log_level=args.log_level, pool=args.pool))
 
 
 def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -229,16 +238,14 @@ def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_activator(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from ._run import run
-    from .activator.main import serve
+    from .activator.main import run_activator
     from .activator.settings import ActivatorSettings
 
     settings = ActivatorSettings(redis_url=_need_redis(args), host=args.host, port=args.port,
                                  public_url=args.public_url, max_body_bytes=args.max_body_bytes,
-                                 max_queue_wait_s=args.max_queue_wait)
+                                 max_queue_wait_s=args.max_queue_wait, workers=args.workers)
     _setup_logging(args.log_level)
-    run(lambda stop: serve(settings, stop))
-    return 0
+    return run_activator(settings)
 
 
 def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -251,7 +258,7 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis_url=_need_redis(args), home=Path(args.home).expanduser(), host_id=args.host_id,
         advertise_address=args.advertise_address,
         bind_host=args.bind_host or args.advertise_address,
-        replica_concurrency=args.concurrency, port=args.port)
+        replica_concurrency=args.concurrency, port=args.port, pool=args.pool)
     _setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

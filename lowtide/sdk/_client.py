@@ -18,6 +18,7 @@ from ._pickling import parameter_names, pickle_function
 _JSON = "application/json"
 _OCTETS = "application/octet-stream"
 POLL_MIN_S, POLL_MAX_S = 0.05, 1.0
+QUEUE_WAIT_ALLOWANCE_S = 180.0  # above the activator's default queue wait (120 s)
 
 
 def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -201,7 +202,9 @@ class Endpoint:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         content_type, body = encode_call(self.params, args, kwargs)
         url = self.client.invoke_url(self.name)
-        return decode_result(self.client._post(url, content_type, body, self.timeout_s + 10))
+        # the activator answers 504 itself once a request waited or ran too long; wait for it
+        wait_s = self.timeout_s + QUEUE_WAIT_ALLOWANCE_S
+        return decode_result(self.client._post(url, content_type, body, wait_s))
 
     def call(self, **kwargs: Any) -> Any:
         return self(**kwargs)

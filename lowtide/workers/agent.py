@@ -7,6 +7,7 @@ supervision loop; rq runs in one worker thread; each replica has one log-pump th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,9 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 from prometheus_client import Counter, Gauge
 from redis import Redis
@@ -29,17 +32,19 @@ from .. import _keys
 from .._redisserver import free_port
 from . import bento
 from .health import serve_health
+from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
 
 log = logging.getLogger(__name__)
 
 REPLICAS = Gauge("lowtide_agent_replicas", "Replica processes running on this host")
-STARTS = Counter("lowtide_agent_replica_starts_total", "Replica processes started")
+STARTS = Counter("lowtide_agent_replica_starts_total", "Replicas started", ["path"])
 CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited unasked")
 
 HEARTBEAT_S = 1.0
 HOST_ALIVE_TTL_S = 5
 LOG_STREAM_MAXLEN = 5000
+TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class AgentSettings:
     replica_concurrency: int = 16
     stop_grace_s: float = 10.0
     port: int = 8082  # /healthz and /metrics; 0 picks a free port
+    pool: bool = True  # keep prewarmed generic workers for fast cold starts
 
     @property
     def bentoml_home(self) -> Path:
@@ -68,6 +74,7 @@ class ReplicaProcess:
     started_at: float
     stopping: bool = False
     pump: threading.Thread | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
 
 
 class _ThreadWorker(SimpleWorker):
@@ -88,7 +95,9 @@ class Agent:
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
         self._rq: _ThreadWorker | None = None
         self._rq_thread: threading.Thread | None = None
+        self._cpu_procs: dict[int, psutil.Process] = {}  # kept: cpu_percent needs a baseline
         self._stopping = False
+        self.pool = WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool else None
         os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
@@ -107,6 +116,8 @@ class Agent:
                 if self._rq_thread is not None and not self._rq_thread.is_alive():
                     raise RuntimeError("the rq worker thread died; see the log above")
                 self._reap()
+                if self.pool is not None and not self._stopping:
+                    self.pool.maintain()
                 self._heartbeat()
         finally:
             self.shutdown()
@@ -117,7 +128,15 @@ class Agent:
             count = len(self.replicas)
         rq_ok = self._rq_thread is not None and self._rq_thread.is_alive()
         return {"status": "ok" if rq_ok else "degraded", "component": "agent",
-                "host_id": self.settings.host_id, "replicas": count}
+                "host_id": self.settings.host_id, "replicas": count,
+                "pool": self._pool_status()}
+
+    def _pool_status(self) -> dict[str, int]:
+        if self.pool is None:
+            return {"ready": 0, "starting": 0, "idle_memory_bytes": 0}
+        ready, starting = self.pool.size()
+        return {"ready": ready, "starting": starting,
+                "idle_memory_bytes": self.pool.idle_memory_bytes()}
 
     def shutdown(self) -> None:
         with self._lock:
@@ -125,6 +144,8 @@ class Agent:
             replicas = list(self.replicas.values())
         if self._rq is not None:
             self._rq._stop_requested = True
+        if self.pool is not None:
+            self.pool.stop_all()
         threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
         for t in threads:
             t.start()
@@ -173,12 +194,35 @@ class Agent:
             "cpu_percent": psutil.cpu_percent(interval=None),
             "memory_used_bytes": psutil.virtual_memory().used,
             "replicas": count,
+            "pool": self._pool_status(),
+            "replica_cpu_cores": self._replica_cpu_cores(),
         }
         try:
             self.redis.set(_keys.host_alive(self.settings.host_id), json.dumps(load),
                            ex=HOST_ALIVE_TTL_S)
         except RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
+
+    def _replica_cpu_cores(self) -> dict[str, float]:
+        """Cores each replica's whole process tree used since the previous heartbeat."""
+        with self._lock:
+            replicas = [(r.replica_id, r.proc.pid) for r in self.replicas.values()]
+        seen: dict[int, psutil.Process] = {}
+        used: dict[str, float] = {}
+        for replica_id, pid in replicas:
+            try:
+                tree = [psutil.Process(pid)]
+                tree += tree[0].children(recursive=True)
+            except psutil.Error:
+                continue
+            total = 0.0
+            for p in tree:  # the first sample of a process reads 0: its baseline
+                proc = seen[p.pid] = self._cpu_procs.get(p.pid, p)
+                with contextlib.suppress(psutil.Error):
+                    total += proc.cpu_percent(interval=None) / 100.0
+            used[replica_id] = round(total, 3)
+        self._cpu_procs = seen
+        return used
 
     # ---- jobs -------------------------------------------------------------------------
     def build(self, endpoint: str, version: int) -> bento.BuiltBento:
@@ -209,9 +253,84 @@ class Agent:
     def start_replica(self, endpoint: str, version: int, replica_id: str) -> str:
         if self._stopping:
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
-        built = self.build(endpoint, version)
+        spawned_at = time.time()
         spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
-        python = bento.ensure_python(spec.get("requirements", []), self.settings.home / "envs")
+        requirements = spec.get("requirements", [])
+        if self.pool is not None:
+            self.pool.note_cold_start()
+            if not bento.unsatisfied(requirements):
+                worker = self.pool.take()
+                if worker is not None:
+                    return self._specialize(worker, endpoint, version, replica_id, spawned_at)
+        return self._start_full(endpoint, version, replica_id, requirements, spawned_at)
+
+    def _artifact_file(self, endpoint: str, version: int) -> Path:
+        path = self.settings.home / "artifacts" / f"{endpoint}-v{version}.pkl"
+        if not path.exists():
+            artifact = self.redis.get(_keys.artifact(endpoint, version))
+            if artifact is None:
+                raise LookupError(f"deployment {endpoint} v{version} is gone")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(artifact)
+            tmp.replace(path)
+        return path
+
+    def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
+                    spawned_at: float) -> str:
+        """Fast path: hand the function to a prewarmed worker."""
+        rp = worker.extra["rp"]
+        assert isinstance(rp, ReplicaProcess)
+        rp.endpoint, rp.version, rp.replica_id = endpoint, version, replica_id
+        body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
+                "replica_id": replica_id, "address": worker.address,
+                "artifact": str(self._artifact_file(endpoint, version)),
+                "concurrency": self.settings.replica_concurrency, "spawned_at": spawned_at}
+        with self._lock:
+            self.replicas[replica_id] = rp
+            REPLICAS.set(len(self.replicas))
+        try:
+            r = httpx.post(f"http://{worker.address}/lt/specialize", json=body, timeout=60)
+        except httpx.HTTPError as exc:
+            self._stop_process(rp)
+            raise RuntimeError(f"specializing a pool worker failed: {exc}") from exc
+        if r.status_code != 200:
+            self._stop_process(rp)
+            try:
+                detail = r.json().get("detail") or r.text
+            except ValueError:
+                detail = r.text
+            raise RuntimeError(detail[:500])
+        STARTS.labels("pool").inc()
+        log.info("specialized pool worker %s as replica %s of %s v%d in %.0f ms",
+                 worker.address, replica_id, endpoint, version,
+                 (time.time() - spawned_at) * 1000)
+        return worker.address
+
+    def _spawn_pool_worker(self) -> PoolWorker:
+        s = self.settings
+        port = free_port(s.bind_host)
+        env = {**os.environ, "LOWTIDE_POOL": "1", "LOWTIDE_REDIS_URL": s.redis_url,
+               "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
+               "--host", s.bind_host, "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+            cwd=str(s.home),
+        )
+        address = f"{s.advertise_address}:{port}"
+        rp = ReplicaProcess("", 0, "", address, proc, time.time())
+        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+                                   name=f"logs-pool-{port}")
+        rp.pump.start()
+        return PoolWorker(proc, address, time.time(), extra={"rp": rp})
+
+    def _start_full(self, endpoint: str, version: int, replica_id: str,
+                    requirements: list[str], spawned_at: float) -> str:
+        """Full path: build the Bento (once per host and version) and serve it."""
+        built = self.build(endpoint, version)
+        python = bento.ensure_python(requirements, self.settings.home / "envs")
         s = self.settings
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
@@ -226,6 +345,8 @@ class Agent:
             "LOWTIDE_CONCURRENCY": str(s.replica_concurrency),
             "BENTOML_HOME": str(s.bentoml_home),
             "PYTHONUNBUFFERED": "1",
+            "LOWTIDE_START_PATH": "full",
+            "LOWTIDE_SPAWNED_AT": repr(spawned_at),
         }
         cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
@@ -241,7 +362,7 @@ class Agent:
             stopping = self._stopping
             self.replicas[replica_id] = rp
             REPLICAS.set(len(self.replicas))
-        STARTS.inc()
+        STARTS.labels("full").inc()
         if stopping:  # shutdown began while it was starting: it must not outlive us
             self._stop_process(rp)
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
@@ -281,7 +402,27 @@ class Agent:
                             r.proc.returncode)
             if r.pump is not None:
                 r.pump.join(timeout=1)
-            self._forget(r.endpoint, r.replica_id)
+            if r.stopping or not r.endpoint:
+                self._forget(r.endpoint, r.replica_id)
+            else:
+                self._report_crash(r)
+
+    def _report_crash(self, r: ReplicaProcess) -> None:
+        """Out of routing at once; the platform reads why, records it and backs off."""
+        last = " | ".join(line.strip() for line in r.tail if line.strip())[-500:]
+        try:
+            key = _keys.replicas(r.endpoint)
+            raw = self.redis.hget(key, r.replica_id)
+            record = json.loads(raw) if raw else {"id": r.replica_id, "version": r.version,
+                                                  "host": self.settings.host_id}
+            record.update(state="crashed", exit_code=r.proc.returncode, last_output=last)
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, r.replica_id, json.dumps(record))
+                pipe.delete(_keys.replica_alive(r.replica_id))
+                pipe.publish(_keys.ROUTES_CHANNEL, r.endpoint)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("could not report the crash of %s: %s", r.replica_id, exc)
 
     def _forget(self, endpoint: str, replica_id: str) -> None:
         try:
@@ -296,7 +437,12 @@ class Agent:
     def _pump_logs(self, rp: ReplicaProcess) -> None:
         assert rp.proc.stdout is not None
         for raw in rp.proc.stdout:
-            self._log_line(rp, raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            rp.tail.append(line)
+            if rp.endpoint:
+                self._log_line(rp, line)
+            else:  # an idle pool worker: no endpoint to file it under yet
+                log.debug("pool worker %s: %s", rp.address, line)
 
     def _log_line(self, rp: ReplicaProcess, line: str) -> None:
         try:

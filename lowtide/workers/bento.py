@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import site
 import subprocess
 import sys
 import tempfile
@@ -96,9 +97,26 @@ def build_bento(
     return BuiltBento(str(bento.tag), Path(bento.path))
 
 
+PIP_TIMEOUT_S = 600
+
+
+def layer_on_this_environment(python: Path) -> None:
+    """Make this interpreter's packages (lowtide, bentoml, pip...) importable from the new
+    virtualenv, after its own: `site.addsitedir` also runs their .pth files (editable
+    installs). `--system-site-packages` would expose the base interpreter instead, which
+    is not this environment when the agent itself runs in a virtualenv."""
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    lines = [f"import site; site.addsitedir({p!r})" for p in ours]
+    (Path(site_packages) / "_lowtide_base.pth").write_text("\n".join(lines) + "\n")
+
+
 def ensure_python(requirements: list[str], envs_dir: Path) -> str:
     """The interpreter to serve with: this one when it satisfies the requirements, else a
-    virtualenv layered on it (system site packages visible) with the missing ones installed."""
+    virtualenv layered on this environment (its packages visible through a .pth file, the
+    endpoint's own installs first) with the missing ones installed."""
     missing = unsatisfied(requirements)
     if not missing:
         return sys.executable
@@ -109,10 +127,11 @@ def ensure_python(requirements: list[str], envs_dir: Path) -> str:
     if marker.exists():
         return str(python)
     log.info("creating environment %s for %s", env, ", ".join(missing))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)],
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)],
                    check=True, capture_output=True)
+    layer_on_this_environment(python)
     proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"pip could not install {missing}: {proc.stderr.strip()[-2000:]}")
     marker.write_text("\n".join(requirements))

@@ -4,21 +4,30 @@ pulling buffered requests from the endpoint's stream.
 Life cycle: `start()` loads the artifact, marks the replica ready in Redis and starts the
 heartbeat and the stream puller; `stop()` stops pulling, lets in-flight work finish for a
 grace period, and removes the replica from routing.
+
+Concurrency: the replica learns its own limit (`lowtide.limiter`) from the latency of every
+request it runs, direct or pulled, so one learner sees the replica's whole load whatever
+number of activators feed it. The limit gates stream pulls and refuses direct calls over it
+(503 with `X-Lowtide-Busy`: the activator buffers those); it travels to the activators in
+the headers of every direct answer and in the replica record (`limit`, the autoscaler's
+input), and the heartbeat carries it with in-flight and the no-load latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +36,7 @@ from starlette.routing import Route
 from .. import _keys
 from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
 from .._redis import async_redis
+from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
 from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
@@ -46,8 +56,10 @@ class ReplicaSettings:
     replica_id: str
     address: str
     artifact_path: Path
-    concurrency: int = 16
+    limiter: LimiterConfig = field(default_factory=LimiterConfig)
     drain_s: float = 10.0
+    start_path: str = "full"  # "pool": a prewarmed worker specialized; "full": a new server
+    spawned_at: float = 0.0  # when the agent began this start (process spawn or specialize)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ReplicaSettings:
@@ -65,16 +77,39 @@ class ReplicaSettings:
             replica_id=e["LOWTIDE_REPLICA_ID"],
             address=e["LOWTIDE_ADDRESS"],
             artifact_path=Path(e["LOWTIDE_ARTIFACT"]),
-            concurrency=int(e.get("LOWTIDE_CONCURRENCY") or 16),
+            limiter=_limiter_config(e.get("LOWTIDE_FIXED_CONCURRENCY")),
+            start_path=e.get("LOWTIDE_START_PATH") or "full",
+            spawned_at=float(e.get("LOWTIDE_SPAWNED_AT") or 0.0),
         )
+
+
+def _limiter_config(fixed: str | None) -> LimiterConfig:
+    """The learned limit, or a fixed one (LOWTIDE_FIXED_CONCURRENCY: an escape hatch, and
+    the baseline of bench/limits.py)."""
+    if not fixed:
+        return LimiterConfig()
+    try:
+        n = int(fixed)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 10_000:
+        raise RuntimeError(f"LOWTIDE_FIXED_CONCURRENCY={fixed!r} must be an integer in "
+                           "[1, 10000]")
+    return LimiterConfig(initial_limit=n, min_limit=n, max_limit=n)
 
 
 class Replica:
     def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
+        load_started = time.time()
         self.fn = LoadedFunction.from_artifact(settings.artifact_path.read_bytes())
-        self.slots = Slots(settings.concurrency)
-        self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="fn")
+        self.phases = {"load_s": time.time() - load_started}
+        self._first_done = False
+        self.limiter = GradientLimiter(settings.limiter, now=time.monotonic())
+        self.slots = Slots(self.limiter.admit_limit)
+        # threads start on demand; enough for a sync function at the largest limit
+        self.executor = ThreadPoolExecutor(settings.limiter.max_limit, thread_name_prefix="fn")
+        self._recorded_limit = 0  # the limit last written to the replica record
         self.redis: Redis = async_redis(settings.redis_url)
         self.consumer = f"{settings.replica_id}.{os.getpid()}"
         self.puller = StreamPuller(
@@ -128,24 +163,54 @@ class Replica:
             await self.redis.xgroup_delconsumer(stream, _keys.STREAM_GROUP, self.consumer)
 
     # ---- serving ----------------------------------------------------------------------
-    async def run_direct(self, content_type: str, body: bytes, timeout_s: float) -> Result:
-        self.slots.acquire()
+    async def run_direct(self, content_type: str, body: bytes, timeout_s: float
+                         ) -> Result | None:
+        """Run a direct call; None when the replica is at its limit (nothing ran)."""
+        if not self.slots.try_acquire():
+            return None
         try:
-            return await execute(self.fn, content_type, body, timeout_s, self.executor)
+            return await self._measured(content_type, body, timeout_s)
         finally:
             self.slots.release()
-            self.last_done_at = time.time()
 
     async def _run_queued(self, request: QueuedRequest) -> Result:
         late_s = time.time() - request.start_by
         if late_s > 0:
             return queue_expired_result(late_s)
+        return await self._measured(request.content_type, request.body, request.timeout_s)
+
+    async def _measured(self, content_type: str, body: bytes, timeout_s: float) -> Result:
+        """Execute one call (its slot already taken) and feed its latency to the limiter."""
+        in_flight = self.slots.in_use
+        started = time.monotonic()
         try:
-            return await execute(
-                self.fn, request.content_type, request.body, request.timeout_s, self.executor
-            )
+            result = await execute(self.fn, content_type, body, timeout_s, self.executor)
         finally:
             self.last_done_at = time.time()
+        if result.status != 400:  # refused input says nothing about load
+            now = time.monotonic()
+            self.limiter.on_sample(now - started, in_flight, now)
+            self.slots.set_limit(self.limiter.admit_limit)
+        if not self._first_done:
+            await self._note_first_response()
+        return result
+
+    def load_headers(self) -> dict[str, str]:
+        """The learned limit, for the activator that proxied a direct call."""
+        headers = {LIMIT_HEADER: str(self.limiter.limit)}
+        if self.limiter.no_load_s is not None:
+            headers[NO_LOAD_HEADER] = f"{self.limiter.no_load_s * 1000:.3f}"
+        return headers
+
+    def load(self) -> dict[str, object]:
+        """The heartbeat's view of the load: in flight, learned limit, latencies."""
+        lim = self.limiter
+        return {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": lim.limit,
+                "admit_limit": lim.admit_limit, "probing": lim.probing,
+                "no_load_ms": None if lim.no_load_s is None else round(lim.no_load_s * 1000, 3),
+                "recent_ms": None if lim.recent_s is None else round(lim.recent_s * 1000, 3),
+                "limit_reason": lim.reason, "last_done_at": self.last_done_at,
+                "at": time.time()}
 
     # ---- registration -----------------------------------------------------------------
     async def _set_state(self, state: str) -> None:
@@ -154,20 +219,87 @@ class Replica:
         raw = await self.redis.hget(key, s.replica_id)
         record = json.loads(raw) if raw else {"id": s.replica_id, "version": s.version}
         record.update(state=state, address=s.address, pid=os.getpid())
+        event = None
         if state == "ready":
             record["ready_at"] = time.time()
-            record["limit"] = s.concurrency
+            record["limit"] = self.limiter.limit
+            self._recorded_limit = self.limiter.limit
+            record["startup"] = startup = self._startup(record)
+            event = {"at": record["ready_at"], "kind": "replica", "from": None, "to": None,
+                     "reason": startup_reason(s.replica_id, startup), "inputs": startup}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, s.replica_id, json.dumps(record))
             pipe.publish(_keys.ROUTES_CHANNEL, s.endpoint)
+            if event is not None:
+                pipe.xadd(_keys.decisions(s.endpoint), {"event": json.dumps(event)},
+                          maxlen=1000, approximate=True)
             await pipe.execute()
 
+    def _startup(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Where the time to ready went: placement and queue wait (decision to the agent
+        starting it), process start or specialization, function load."""
+        s, now = self.settings, time.time()
+        created = float(record.get("created_at") or s.spawned_at or now)
+        spawned = s.spawned_at or created
+        return {
+            "path": s.start_path,
+            "queue_s": round(max(0.0, spawned - created), 4),
+            "start_s": round(max(0.0, now - spawned - self.phases["load_s"]), 4),
+            "load_s": round(self.phases["load_s"], 4),
+            "total_s": round(max(0.0, now - created), 4),
+        }
+
+    async def _note_first_response(self) -> None:
+        """Record when the first answer left (the last start-up phase), once."""
+        if self._first_done:
+            return
+        self._first_done = True
+        s = self.settings
+        key = _keys.replicas(s.endpoint)
+        try:
+            raw = await self.redis.hget(key, s.replica_id)
+            if raw:
+                record = json.loads(raw)
+                ready_at = float(record.get("ready_at") or time.time())
+                record.setdefault("startup", {})["first_response_s"] = round(
+                    time.time() - ready_at, 4)
+                await self.redis.hset(key, s.replica_id, json.dumps(record))
+        except RedisError as exc:
+            log.debug("could not record the first response: %s", exc)
+
+    async def _record_limit(self) -> None:
+        """Keep the record's `limit` current (read by activators' resync and the
+        autoscaler); a watched transaction, as the agent writes the same record."""
+        limit = self.limiter.limit
+        if limit == self._recorded_limit:
+            return
+        s = self.settings
+        key = _keys.replicas(s.endpoint)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hget(key, s.replica_id)
+                if raw is None:
+                    return
+                record = json.loads(raw)
+                if record.get("state") != "ready":
+                    return
+                record["limit"] = limit
+                pipe.multi()
+                pipe.hset(key, s.replica_id, json.dumps(record))
+                await pipe.execute()
+            except WatchError:
+                return  # changed meanwhile: the next heartbeat tries again
+        self._recorded_limit = limit
+
     async def _heartbeat_once(self) -> None:
-        load = {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": self.slots.limit,
-                "last_done_at": self.last_done_at, "at": time.time()}
+        if self.limiter.tick(time.monotonic()):
+            self.slots.set_limit(self.limiter.admit_limit)
         await self.redis.set(
-            _keys.replica_alive(self.settings.replica_id), json.dumps(load), ex=ALIVE_TTL_S
+            _keys.replica_alive(self.settings.replica_id), json.dumps(self.load()),
+            ex=ALIVE_TTL_S
         )
+        await self._record_limit()
         current = await self.redis.hget(_keys.deployment(self.settings.endpoint), "version")
         stale = current is None or int(current) != self.settings.version
         if stale and not self.puller.paused:
@@ -189,33 +321,87 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("replica task %s died", task.get_name(), exc_info=task.exception())
 
 
+def startup_reason(replica_id: str, startup: dict[str, Any]) -> str:
+    how = "a prewarmed worker" if startup["path"] == "pool" else "a new server process"
+    return (f"replica {replica_id} ready in {startup['total_s'] * 1000:.0f} ms via {how}: "
+            f"queue {startup['queue_s'] * 1000:.0f} ms, start {startup['start_s'] * 1000:.0f} ms,"
+            f" function load {startup['load_s'] * 1000:.0f} ms")
+
+
 _current: Replica | None = None
+_pool_mode = False
+PRELOAD = ("numpy",)  # common imports a prewarmed worker loads before it has a function
 
 
-def current() -> Replica:
+def enter_pool() -> None:
+    """Wait as a prewarmed generic worker until POST /lt/specialize gives a function."""
+    global _pool_mode
+    _pool_mode = True
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+
+
+def current() -> Replica | None:
     global _current
-    if _current is None:
+    if _current is None and not _pool_mode:
         _current = Replica(ReplicaSettings.from_env())
     return _current
 
 
+async def _specialize(request: Request) -> Response:
+    global _current
+    if not _pool_mode or _current is not None:
+        return JSONResponse({"error": "conflict", "detail": "not an idle pool worker"}, 409)
+    spec = await request.json()
+    env = {**os.environ, **{f"LOWTIDE_{k.upper()}": str(v) for k, v in spec.items()},
+           "LOWTIDE_START_PATH": "pool"}
+    started = time.time()
+    try:
+        replica = Replica(ReplicaSettings.from_env(env))
+    except Exception as exc:
+        return JSONResponse({"error": "cannot load the function",
+                             "detail": f"{type(exc).__name__}: {exc}"}, 500)
+    _current = replica
+    await replica.start()
+    return JSONResponse({"status": "ready", "load_s": replica.phases["load_s"],
+                         "specialize_s": time.time() - started})
+
+
+def _not_ready() -> Response:
+    return JSONResponse({"error": "unavailable", "detail": "this worker has no function yet"},
+                        503)
+
+
 async def _invoke(request: Request) -> Response:
     replica = current()
+    if replica is None:
+        return _not_ready()
     body = await request.body()
     try:
         timeout_s = float(request.headers.get(TIMEOUT_HEADER) or DEFAULT_TIMEOUT_S)
     except ValueError:
         timeout_s = DEFAULT_TIMEOUT_S
     result = await replica.run_direct(request.headers.get("content-type", ""), body, timeout_s)
-    return Response(result.body, status_code=result.status, media_type=result.content_type)
+    headers = replica.load_headers()
+    if result is None:
+        return JSONResponse({"error": "busy", "detail": "the replica is at its concurrency "
+                             "limit"}, status_code=503, headers={**headers, BUSY_HEADER: "1"})
+    return Response(result.body, status_code=result.status, media_type=result.content_type,
+                    headers=headers)
 
 
 async def _health(_: Request) -> Response:
     r = current()
-    return JSONResponse({"status": "ok", "in_flight": r.slots.in_use, "limit": r.slots.limit})
+    if r is None:
+        return JSONResponse({"status": "idle"})
+    return JSONResponse({"status": "ok", **r.load()})
 
 
 invoke_app = Starlette(routes=[
     Route("/invoke", _invoke, methods=["POST"]),
     Route("/healthz", _health, methods=["GET"]),
+    Route("/specialize", _specialize, methods=["POST"]),
 ])

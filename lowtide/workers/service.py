@@ -6,6 +6,10 @@ agent points it at (LOWTIDE_ARTIFACT), so one service definition serves every en
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
 import bentoml
 
 from . import replica
@@ -22,8 +26,23 @@ from . import replica
 class Worker:
     @bentoml.on_startup
     async def _start(self) -> None:
-        await replica.current().start()
+        if os.environ.get("LOWTIDE_POOL") == "1":
+            replica.enter_pool()  # a prewarmed worker: the function comes later
+            return
+        try:
+            r = replica.current()
+            assert r is not None
+            await r.start()
+        except Exception as exc:
+            # BentoML would keep a server without a function; end the whole replica so the
+            # agent reports why (its last output lines) and the platform backs off.
+            print(f"[lowtide] the function cannot be loaded: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+            os.kill(os.getppid(), signal.SIGTERM)  # the `bentoml serve` process
+            raise
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        await replica.current().stop()
+        r = replica.current()
+        if r is not None:
+            await r.stop()
