@@ -3,6 +3,11 @@
 Warm: proxy to a ready replica picked from memory (no Redis on this path). Cold, or every
 replica at its limit: append to the endpoint's stream, wake the platform when the endpoint
 has no replica, and wait for the answer until the deadline.
+
+First come, first served: while requests of an endpoint that this activator buffered still
+wait for their answer, new ones join them in the stream rather than overtake them on the
+direct path (replicas pull from the stream as soon as they have room, so the backlog drains
+at the replicas' full learned limit).
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -41,6 +53,8 @@ from .._protocol import (
     timeout_result,
 )
 from .._spec import NAME_PATTERN
+from ..limiter import BUSY_HEADER
+from .metrics import RoutesCollector
 from .replies import ReplyHub
 from .routes import EndpointRoute, ReplicaRoute, Routes, pick
 from .settings import ActivatorSettings
@@ -93,6 +107,9 @@ class Activator:
         self.replies = ReplyHub(redis, self.id)
         self.session: aiohttp.ClientSession | None = None
         self._arrivals: dict[str, int] = defaultdict(int)
+        self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RoutesCollector(self.routes, self.waiting))
 
     # ---- background -------------------------------------------------------------------
     async def flush_stats(self, stop: asyncio.Event) -> None:
@@ -131,7 +148,7 @@ class Activator:
             REQUESTS.labels(name, "async", "202").inc()
             return json_response({"id": request_id, "status_url": status_url}, status=202,
                                  headers={"Location": status_url})
-        replica = pick(endpoint)
+        replica = None if self.waiting[name] else pick(endpoint)
         path = "warm"
         result = await self._proxy(endpoint, replica, call) if replica is not None else None
         if result is None:
@@ -203,6 +220,10 @@ class Activator:
                 timeout=aiohttp.ClientTimeout(total=call.timeout_s + REPLY_MARGIN_S),
             ) as resp:
                 payload = await resp.read()
+                replica.observe(resp.headers)
+                if resp.status == 503 and BUSY_HEADER in resp.headers:
+                    return None  # at its limit (another activator filled it): buffer
+                replica.requests += 1
                 return Result(resp.status, resp.headers.get("Content-Type", JSON), payload)
         except asyncio.TimeoutError:
             return timeout_result(call.timeout_s)
@@ -235,12 +256,14 @@ class Activator:
     async def _buffer_and_wait(self, endpoint: EndpointRoute, call: Call) -> Result:
         request_id = uuid.uuid4().hex
         fut = self.replies.expect(request_id)  # before the entry exists: no answer is missed
+        self.waiting[endpoint.name] += 1
         try:
             await self._buffer(endpoint, call, self.id, request_id)
             wait_s = call.start_by + call.timeout_s + REPLY_MARGIN_S - time.time()
             result = await self.replies.wait(request_id, fut, wait_s)
         finally:
             self.replies.forget(request_id)
+            self.waiting[endpoint.name] -= 1
         if result is None:
             return error_result(504, "deadline exceeded",
                                 "no answer within the queue limit "
@@ -259,14 +282,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY), headers={
-        "Content-Type": CONTENT_TYPE_LATEST})
+    """The process's metrics, then this activator's view of each replica."""
+    body = generate_latest(REGISTRY) + generate_latest(request.app["registry"])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(activator: Activator) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=activator.settings.max_body_bytes)
     app["redis"] = activator.redis
+    app["registry"] = activator.registry
     app["max_body_bytes"] = activator.settings.max_body_bytes
     app.router.add_post("/fn/{name}", activator.invoke)
     app.router.add_get("/requests/{id}", activator.request_status)

@@ -1,18 +1,31 @@
-"""`lowtide activator`: the ingress process."""
+"""`lowtide activator`: the ingress process, or N of them on one port.
+
+With `workers > 1` the parent starts N worker processes that each bind the port with
+SO_REUSEPORT (the kernel spreads connections among them) and share nothing but Redis; it
+forwards SIGINT/SIGTERM to them, and when one dies it stops the others and fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
 
 import aiohttp
+from aiohttp import web
 
 from .._redis import async_redis
-from .._run import serve_app, supervise
+from .._run import run, supervise
 from .app import Activator, build_app
 from .settings import ActivatorSettings
 
 log = logging.getLogger(__name__)
+
+WORKER_STOP_S = 15.0
 
 
 async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
@@ -27,7 +40,11 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
         asyncio.create_task(activator.routes.run(stop), name="routes"),
         asyncio.create_task(activator.flush_stats(stop), name="stats"),
     ]
-    runner = await serve_app(build_app(activator), settings.host, settings.port)
+    runner = web.AppRunner(build_app(activator), access_log=None, handle_signals=False,
+                           shutdown_timeout=5.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                      reuse_port=settings.workers > 1).start()
     log.info("activator on http://%s:%d", settings.host, settings.port)
     try:
         # stop accepting and let in-flight requests finish while replies still flow
@@ -36,3 +53,47 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
         await runner.cleanup()
         await activator.session.close()
         await redis.aclose()
+
+
+def _worker(settings: ActivatorSettings) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own
+    run(lambda stop: serve(settings, stop))
+
+
+def run_activator(settings: ActivatorSettings) -> int:
+    """Serve in this process, or in `settings.workers` processes on one port."""
+    if settings.workers == 1:
+        run(lambda stop: serve(settings, stop))
+        return 0
+    # fork before any event loop, Redis connection or thread exists in this process
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(settings,), name=f"activator-{i}")
+             for i in range(settings.workers)]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    for p in procs:
+        p.start()
+    log.info("activator: %d workers on http://%s:%d", settings.workers, settings.host,
+             settings.port)
+    while not stop.wait(0.5):
+        dead = [p for p in procs if not p.is_alive()]
+        if dead:
+            log.error("activator worker %s exited with code %s; stopping the others",
+                      dead[0].name, dead[0].exitcode)
+            _stop_all(procs)
+            return 1
+    _stop_all(procs)
+    return 0
+
+
+def _stop_all(procs: Sequence[BaseProcess]) -> None:
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            p.terminate()  # SIGTERM: each drains like a single activator
+    for p in procs:
+        p.join(WORKER_STOP_S)
+        if p.is_alive():
+            p.kill()
+            p.join()

@@ -4,34 +4,54 @@ Kept current by route events from Redis (a replica became ready or went away, a
 deployment changed) and by a periodic resync, so a missed event heals within seconds.
 Picking a replica reads only memory: power of two choices on outstanding requests,
 skipping replicas at their limit.
+
+A replica learns its own concurrency limit (`lowtide.limiter`) and reports it in the headers
+of every direct answer (`observe`) and in its record (read on resync); this view holds the
+latest value next to this activator's own in-flight count for the replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import _keys
+from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 
 log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
+INITIAL_LIMIT = LimiterConfig().initial_limit  # for a record that names no limit
 
 
 @dataclass
 class ReplicaRoute:
     id: str
     address: str
-    limit: int
-    in_flight: int = 0
+    limit: int  # the replica's learned concurrency limit, as last reported
+    in_flight: int = 0  # this activator's requests running on it
     healthy: bool = True
+    no_load_ms: float | None = None  # the replica's no-load latency, as last reported
+    requests: int = 0  # answered directly by it, through this activator
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Take the limit a replica reported in the headers of a direct answer."""
+        raw = headers.get(LIMIT_HEADER)
+        if raw is not None and raw.isdigit() and int(raw) >= 1:
+            self.limit = int(raw)
+        raw = headers.get(NO_LOAD_HEADER)
+        if raw is not None:
+            with contextlib.suppress(ValueError):
+                self.no_load_ms = float(raw)
 
 
 @dataclass
@@ -83,9 +103,12 @@ class Routes:
             if rec.get("state") != "ready" or int(rec.get("version", -1)) != version:
                 continue
             kept = previous.get(rec["id"])
-            route = ReplicaRoute(rec["id"], rec["address"], int(rec.get("limit") or 16))
+            route = ReplicaRoute(rec["id"], rec["address"],
+                                 max(1, int(rec.get("limit") or INITIAL_LIMIT)))
             if kept is not None and kept.address == route.address:
                 route.in_flight = kept.in_flight
+                route.no_load_ms = kept.no_load_ms
+                route.requests = kept.requests
             replicas[route.id] = route
         endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas)
         self.endpoints[name] = endpoint

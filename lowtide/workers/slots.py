@@ -1,4 +1,6 @@
-"""Concurrency slots of one replica, shared by direct calls and stream pulls."""
+"""Concurrency slots of one replica, shared by direct calls and stream pulls.
+
+The limit moves: the replica sets it from its learned concurrency limit."""
 
 from __future__ import annotations
 
@@ -16,9 +18,24 @@ class Slots:
     def free(self) -> int:
         return max(0, self.limit - self.in_use)
 
+    def set_limit(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        grew = limit > self.limit
+        self.limit = limit
+        if grew:
+            self._changed.set()  # a puller waiting for room has some now
+
     def acquire(self) -> None:
-        """Take a slot without waiting (direct calls are admitted by the activator)."""
+        """Take a slot without waiting (the caller checked there was one)."""
         self.in_use += 1
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free (direct calls: over the limit they are refused)."""
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
 
     def release(self) -> None:
         self.in_use -= 1

@@ -348,7 +348,7 @@ async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
     artifact.write_bytes(cloudpickle.dumps(record_call))
     settings = ReplicaSettings(redis_url="redis://127.0.0.1:1/0", endpoint="double", version=1,
                                replica_id="r-test", address="127.0.0.1:1",
-                               artifact_path=artifact, concurrency=2)
+                               artifact_path=artifact)
     r = Replica(settings)
     try:
         yield r

@@ -1,0 +1,143 @@
+"""Load generators for the benchmarks, each in its own process (never the benchmark's).
+
+- `wrk_closed(url, body, concurrency, duration_s)`: wrk (Debian's `wrk`), `concurrency`
+  connections each sending the next request when the last is answered; throughput and
+  wrk's own p50/p99.
+- `open_loop(url, body, rate, duration_s)`: this file run as a script (aiohttp, uvloop):
+  requests sent at a fixed rate whatever the answers do, latency counted from the time each
+  was due (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    n: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+# ---- wrk ------------------------------------------------------------------------------
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def parse_wrk(out: str) -> LoadResult:
+    pct = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if "50" not in pct or "99" not in pct:
+        raise RuntimeError(f"no latency distribution in wrk's output:\n{out}")
+    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return LoadResult(n, errors, rps, _ms(pct["50"]), _ms(pct["99"]))
+
+
+def wrk_closed(url: str, body: dict, concurrency: int, duration_s: float,
+               threads: int = 1) -> LoadResult:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    script = ('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+              f"wrk.body = {json.dumps(json.dumps(body))}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency),
+             "-d", f"{duration_s:g}s", "--timeout", "60s", "--latency", "-s", f.name, url],
+            capture_output=True, text=True, check=True).stdout
+    finally:
+        Path(f.name).unlink()
+    return parse_wrk(out)
+
+
+# ---- open loop (this file as a script) ------------------------------------------------
+def open_loop(url: str, body: dict, rate: float, duration_s: float) -> LoadResult:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "_load.py"), url, json.dumps(body), str(rate),
+         str(duration_s)], capture_output=True, text=True, check=True).stdout
+    return LoadResult(**json.loads(out))
+
+
+async def _open_loop(url: str, body: bytes, rate: float, duration_s: float) -> LoadResult:
+    import aiohttp
+    from _stats import percentile  # type: ignore[import-not-found]
+
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+
+    async def one(session: aiohttp.ClientSession, due: float) -> None:
+        nonlocal errors
+        try:
+            async with session.post(url, data=body,
+                                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors += 1
+        except aiohttp.ClientError:
+            errors += 1
+        latencies.append(loop.time() - due)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks = []
+        start = loop.time()
+        n = int(rate * duration_s)
+        for i in range(n):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(session, due)))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - start
+    ms = [v * 1000 for v in latencies]
+    return LoadResult(len(ms), errors, len(ms) / elapsed, percentile(ms, 50), percentile(ms, 99))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("body")
+    p.add_argument("rate", type=float)
+    p.add_argument("duration_s", type=float)
+    a = p.parse_args()
+    sys.path.insert(0, str(HERE))
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    started = time.perf_counter()
+    result = runner(_open_loop(a.url, a.body.encode(), a.rate, a.duration_s))
+    del started
+    print(json.dumps(result.__dict__))
+
+
+if __name__ == "__main__":
+    main()

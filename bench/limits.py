@@ -1,0 +1,158 @@
+"""Learned concurrency limits: for a CPU-bound function (about 20 ms of pure Python), an
+I/O-bound one (awaits 100 ms) and a real scikit-learn model (a RandomForest trained on the
+bundled digits dataset), the limit one replica learned under sustained load, and the
+throughput through the activator at that limit against the best of a sweep of fixed limits
+(1, 2, 4, ..., 256) measured in the same run.
+
+    pip install -e '.[bench]'; python bench/limits.py [--duration 15] [--offered 256]
+
+- learned: a cluster as deployed, one replica per function, `--offered` wrk connections
+  through the activator (requests over the limit wait in the stream); the limit is read
+  from the deployment status every second of the measurement (median and range shown).
+- fixed: a cluster whose replicas admit everything (LOWTIDE_FIXED_CONCURRENCY=1000), wrk
+  with c connections straight to the replica, so at most c requests run at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import LoadResult, wrk_closed
+from _stats import table
+
+from lowtide import Client
+from lowtide._local import start_local_cluster
+
+SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def cpu_bound(x: int) -> int:
+    import time
+
+    end = time.perf_counter() + 0.020
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return x
+
+
+async def io_bound(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.100)
+    return x
+
+
+def sklearn_model() -> tuple[Callable[..., Any], dict[str, Any]]:
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+
+    digits = load_digits()
+    model = RandomForestClassifier(n_estimators=50, random_state=0)
+    model.fit(digits.data, digits.target)
+    row = [float(v) for v in digits.data[0]]
+
+    def predict(features: list[float]) -> int:
+        return int(model.predict([features])[0])
+
+    return predict, {"features": row}
+
+
+def functions() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
+    predict, body = sklearn_model()
+    return [("cpu-bound", cpu_bound, {"x": 1}), ("io-bound", io_bound, {"x": 1}),
+            ("sklearn-rf", predict, body)]
+
+
+def replica(client: Client, name: str) -> dict[str, Any]:
+    return next(r for r in client.status(name)["replicas"]["items"] if r["state"] == "ready")
+
+
+def learned_run(client: Client, name: str, url: str, body: dict[str, Any], offered: int,
+                duration_s: float) -> tuple[LoadResult, list[int], dict[str, Any]]:
+    wrk_closed(url, body, offered, duration_s)  # the limit learns; not measured
+    limits: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            limits.append(replica(client, name)["limit"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result = wrk_closed(url, body, offered, duration_s)
+    stop.set()
+    sampler.join()
+    return result, limits, replica(client, name)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    p.add_argument("--sweep-duration", type=float, default=5.0,
+                   help="seconds per fixed limit")
+    p.add_argument("--offered", type=int, default=256,
+                   help="concurrent callers through the activator")
+    args = p.parse_args()
+    fns = functions()
+    learned: dict[str, tuple[LoadResult, list[int], dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, \
+            start_local_cluster(Path(tmp)) as cluster:
+        client = cluster.client()
+        for label, fn, body in fns:
+            ep = client.deploy(fn, name=f"bench-{label}", min_replicas=1, max_replicas=1)
+            ep.call(**body)
+            learned[label] = learned_run(client, ep.name, ep.url, body, args.offered,
+                                         args.duration)
+            print(f"{label}: learned {learned[label][1]}", file=sys.stderr)
+            ep.delete()
+        client.close()
+    sweeps: dict[str, dict[int, LoadResult]] = {}
+    os.environ["LOWTIDE_FIXED_CONCURRENCY"] = "1000"
+    with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, \
+            start_local_cluster(Path(tmp)) as cluster:
+        client = cluster.client()
+        for label, fn, body in fns:
+            ep = client.deploy(fn, name=f"bench-{label}", min_replicas=1, max_replicas=1)
+            ep.call(**body)
+            direct = f"http://{replica(client, ep.name)['address']}/lt/invoke"
+            sweeps[label] = {c: wrk_closed(direct, body, c, args.sweep_duration)
+                             for c in SWEEP}
+            print(f"{label}: sweep " + ", ".join(f"{c}: {r.rps:.0f}/s"
+                                                 for c, r in sweeps[label].items()),
+                  file=sys.stderr)
+            ep.delete()
+        client.close()
+    cores = os.cpu_count()
+    rows = [["function", "learned limit (median, range)", "no-load ms", "req/s learned",
+             "p50 ms", "p99 ms", "best fixed (req/s)", "ratio"]]
+    for label, _fn, _body in fns:
+        result, limits, view = learned[label]
+        best_c, best = max(sweeps[label].items(), key=lambda kv: kv[1].rps)
+        med = statistics.median(limits) if limits else view["limit"]
+        rows.append([label, f"{med:g} ({min(limits, default=0)}-{max(limits, default=0)})",
+                     f"{view.get('no_load_ms') or float('nan'):.1f}", f"{result.rps:.0f}",
+                     f"{result.p50_ms:.0f}", f"{result.p99_ms:.0f}",
+                     f"{best_c} ({best.rps:.0f})", f"{result.rps / best.rps:.2f}"])
+    print(f"one replica (one BentoML worker process) on {cores} cores; "
+          f"{args.offered} callers through the activator, {args.duration:g} s")
+    print(table(rows))
+    print("\nfixed-limit sweep, direct to the replica (req/s):")
+    sweep_rows = [["function", *map(str, SWEEP)]]
+    for label, _fn, _body in fns:
+        sweep_rows.append([label, *(f"{sweeps[label][c].rps:.0f}" for c in SWEEP)])
+    print(table(sweep_rows))
+
+
+if __name__ == "__main__":
+    main()
