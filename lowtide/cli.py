@@ -144,9 +144,6 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_POOL", "1") not in ("0", "false", "no"),
                     help="keep no prewarmed workers (env LOWTIDE_POOL=0); cold starts then "
                     "pay for a full server start")
-    ag.add_argument("--concurrency", type=_positive_int,
-                    default=_env(env, "LOWTIDE_REPLICA_CONCURRENCY", "16"),
-                    help="requests one replica runs at once")
 
     de = sub.add_parser("deploy", help="deploy module:function",
                         description="Deploy a function; prints its invoke URL.")
@@ -258,7 +255,7 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis_url=_need_redis(args), home=Path(args.home).expanduser(), host_id=args.host_id,
         advertise_address=args.advertise_address,
         bind_host=args.bind_host or args.advertise_address,
-        replica_concurrency=args.concurrency, port=args.port, pool=args.pool)
+        port=args.port, pool=args.pool)
     _setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -54,7 +54,6 @@ class AgentSettings:
     host_id: str = field(default_factory=lambda: socket.gethostname())
     advertise_address: str = "127.0.0.1"
     bind_host: str = "127.0.0.1"
-    replica_concurrency: int = 16
     stop_grace_s: float = 10.0
     port: int = 8082  # /healthz and /metrics; 0 picks a free port
     pool: bool = True  # keep prewarmed generic workers for fast cold starts
@@ -285,7 +284,7 @@ class Agent:
         body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
                 "replica_id": replica_id, "address": worker.address,
                 "artifact": str(self._artifact_file(endpoint, version)),
-                "concurrency": self.settings.replica_concurrency, "spawned_at": spawned_at}
+                "spawned_at": spawned_at}
         with self._lock:
             self.replicas[replica_id] = rp
             REPLICAS.set(len(self.replicas))
@@ -342,7 +341,6 @@ class Agent:
             "LOWTIDE_REPLICA_ID": replica_id,
             "LOWTIDE_ADDRESS": address,
             "LOWTIDE_ARTIFACT": str(built.artifact_path),
-            "LOWTIDE_CONCURRENCY": str(s.replica_concurrency),
             "BENTOML_HOME": str(s.bentoml_home),
             "PYTHONUNBUFFERED": "1",
             "LOWTIDE_START_PATH": "full",

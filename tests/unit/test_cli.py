@@ -144,7 +144,7 @@ def test_invalid_keep_alive_env_is_a_usage_error(env: dict[str, str],
         ("LOWTIDE_PLATFORM_PORT", "abc", "platform"),
         ("LOWTIDE_AGENT_PORT", "70000", "agent"),
         ("LOWTIDE_MAX_BODY_BYTES", "10MiB", "activator"),
-        ("LOWTIDE_REPLICA_CONCURRENCY", "many", "agent"),
+        ("LOWTIDE_ACTIVATOR_WORKERS", "many", "activator"),
         ("LOWTIDE_MAX_QUEUE_WAIT_S", "later", "activator"),
     ],
 )
