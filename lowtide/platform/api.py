@@ -179,6 +179,9 @@ class PlatformAPI:
             values = await self.redis.mget([_keys.build_state(name, dep.version, h)
                                             for h in hosts])
             builds = {h: v.decode() for h, v in zip(hosts, values, strict=True) if v}
+        policy = self.scaler.policy(name)
+        keep_alive = policy.keep_alive()
+        cpu = state.replica_cpu_cores(hosts)
         return {
             "name": name,
             "url": self.url_of(name),
@@ -191,11 +194,14 @@ class PlatformAPI:
                 "desired": dep.desired,
                 "starting": sum(1 for r in current if r.state == "starting"),
                 "stopping": sum(1 for r in replicas if r.state == "stopping"),
-                "items": [_replica_view(r, now) for r in replicas],
+                "items": [_replica_view(r, now, cpu.get(r.id)) for r in replicas],
             },
             "queue": {"depth": q.depth, "queued": q.queued, "oldest_age_s": q.oldest_wait_s},
             "builds": builds,
-            "keep_alive_s": self.scaler.keep_alive_s,
+            "keep_alive_s": keep_alive.keep_s,
+            "keep_alive": {"keep_s": keep_alive.keep_s, "prewarm_s": keep_alive.prewarm_s,
+                           "reason": keep_alive.reason},
+            "panic": policy.panicking(now),
             "last_decision": dep.last_decision,
         }
 
@@ -288,13 +294,18 @@ def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -
     return value
 
 
-def _replica_view(r: state.ReplicaRecord, now: float) -> dict[str, Any]:
+def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None
+                  ) -> dict[str, Any]:
     beat = r.alive or {}
     return {"id": r.id, "state": r.state if r.alive or r.state != "ready" else "lost",
             "version": r.version, "host": r.host, "address": r.address,
-            "in_flight": beat.get("in_flight", 0), "limit": r.limit,
+            "in_flight": beat.get("in_flight", 0), "limit": beat.get("limit", r.limit),
+            "no_load_ms": beat.get("no_load_ms"), "recent_ms": beat.get("recent_ms"),
+            "limit_reason": beat.get("limit_reason"),
+            "cpu_cores": cpu_cores,
             "age_s": round(now - r.created_at, 3),
-            "ready_after_s": round(r.ready_at - r.created_at, 3) if r.ready_at else None}
+            "ready_after_s": round(r.ready_at - r.created_at, 3) if r.ready_at else None,
+            "startup": r.extra.get("startup")}
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,17 +1,29 @@
-"""The scaling decision for one endpoint: a pure function of what was observed and the time.
+"""The scaling decision for one endpoint: pure, driven by observations and a clock value.
 
-This is the foundation policy: cold-start fast path on a wake (straight to
-ceil(queued / limit)), scale-up on a backlog that waits, and scale to zero (or to
-min_replicas) after an idle keep-alive. Every decision carries a one-line reason.
+The hybrid autoscaler of DESIGN.md ("Adaptive control"):
+- request signal: replicas = concurrency (in flight + queued) / (limit x target utilization),
+  averaged over a stable window (60 s) and a panic window (6 s). When the panic window wants
+  twice the ready capacity, scale up at once and hold (no scale down) until a stable window
+  has passed without that (Knative KPA's panic mode);
+- resource signal: replicas = ready x CPU (or GPU) utilization / target utilization;
+- desired = max of the two, bounded by min/max replicas; up at once, down only to the highest
+  want of the last `scale_down_delay_s`;
+- cold-start fast path: a wake at zero replicas goes straight to ceil(queued / limit);
+- zero: after the endpoint's keep-alive (`keepalive.py`), adaptive unless forced.
+
+`Autoscaler` holds one endpoint's recent samples (its windows and learned idle gaps) but reads
+no clock and does no I/O: `decide(obs, now)` is a function of the observations and the times
+it was given, so tests step a fake clock by minutes without sleeping.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-BACKLOG_WAIT_S = 1.0  # a queue whose oldest waiting request is older than this needs capacity
-DEFAULT_KEEP_ALIVE_S = 300.0
+from .keepalive import IdleGaps, KeepAlive, KeepAliveSettings, fixed
 
 
 @dataclass(frozen=True)
@@ -20,27 +32,111 @@ class Observation:
     ready: int
     starting: int
     queued: int  # buffered and not yet taken by a replica
-    oldest_wait_s: float  # age of the oldest buffered request not yet taken
+    oldest_wait_s: float  # age of the oldest buffered request not yet taken (queue lag)
     in_flight: int  # running on replicas (direct calls and stream entries)
     last_activity_at: float  # last request arrival or completion, seconds since the epoch
-    limit: int  # per-replica concurrency limit
+    limit: int  # per-replica concurrency limit (learned by the replicas' limiter)
     min_replicas: int = 0
     max_replicas: int | None = None
+    last_request_at: float = 0.0  # last arrival counted by the activators
+    arrival_rate_per_s: float = 0.0
+    cpu_utilization: float | None = None  # mean over ready replicas; 1.0 = requested cores busy
+    gpu_utilization: float | None = None
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What a decision was computed from, for the event log and status."""
+
+    stable_concurrency: float
+    panic_concurrency: float
+    request_replicas: int
+    resource_replicas: int
+    panic: bool
+    keep_alive_s: float
+    keep_alive_reason: str
 
 
 @dataclass(frozen=True)
 class Decision:
     desired: int
-    kind: str  # wake | backlog | idle | bounds | steady
+    kind: str  # wake | panic | scale-up | scale-down | idle | prewarm | bounds | steady
     reason: str
+    signals: Signals | None = None
 
     def changed(self, previous: int) -> bool:
         return self.desired != previous
 
 
-def replicas_for(demand: int, limit: int) -> int:
+@dataclass(frozen=True)
+class AutoscalerSettings:
+    target_utilization: float = 0.7  # of the learned limit (request signal)
+    target_cpu_utilization: float = 0.7  # of the requested cores or GPU (resource signal)
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0  # panic window wants this many times the ready capacity
+    scale_down_delay_s: float = 30.0
+    drain_s: float = 1.0  # a backlog should drain within this, on top of the arrivals
+    service_time_smoothing: float = 0.1
+    keep_alive_s: float | None = None  # a forced fixed keep-alive; None: adaptive
+    keep_alive: KeepAliveSettings = field(default_factory=KeepAliveSettings)
+
+
+# ---- named math -------------------------------------------------------------------------
+def replicas_for(demand: float, limit: int) -> int:
     """Replicas needed to hold `demand` concurrent requests at `limit` each."""
     return math.ceil(demand / max(1, limit)) if demand > 0 else 0
+
+
+def replica_capacity(limit: int, target_utilization: float) -> float:
+    """Concurrency one replica should carry: its limit at the target, at least one request."""
+    return max(1.0, max(1, limit) * target_utilization)
+
+
+def request_replicas(concurrency: float, limit: int, target_utilization: float) -> int:
+    if concurrency <= 0:
+        return 0
+    return math.ceil(round(concurrency / replica_capacity(limit, target_utilization), 6))
+
+
+def capacity_ratio(concurrency: float, limit: int, target_utilization: float,
+                   ready: int) -> float:
+    """How many times the ready replicas' capacity the concurrency asks for (Knative compares
+    this, not a rounded-up replica count, with the panic threshold)."""
+    return concurrency / (replica_capacity(limit, target_utilization) * max(1, ready))
+
+
+def resource_replicas(ready: int, utilization: float | None, target: float) -> int:
+    """HPA's rule: current x measured / target (0 when nothing was measured)."""
+    if utilization is None or ready <= 0 or utilization <= 0:
+        return 0
+    return math.ceil(round(ready * utilization / target, 6))
+
+
+def demand_concurrency(in_flight: int, queued: int, arrival_rate_per_s: float,
+                       service_s: float | None, drain_s: float) -> float:
+    """Concurrency the endpoint needs. Without a service-time estimate, in flight + queued
+    (Knative). With one, Little's law on the arrivals (never below what is in flight) plus
+    the backlog drained within `drain_s`: a queue built while replicas start is work to
+    catch up on, not standing concurrency, so it does not inflate the replica count."""
+    if service_s is None:
+        return float(in_flight + queued)
+    return max(float(in_flight), arrival_rate_per_s * service_s) + queued * service_s / drain_s
+
+
+def smoothed(previous: float | None, sample: float, weight: float) -> float:
+    """Exponentially weighted moving average (the first sample starts it)."""
+    return sample if previous is None else previous + weight * (sample - previous)
+
+
+def window_average(samples: Iterable[tuple[float, float]], now: float, span_s: float) -> float:
+    """Mean of the samples taken in (now - span_s, now]; 0 without any."""
+    values = [v for t, v in samples if now - span_s < t <= now]
+    return sum(values) / len(values) if values else 0.0
+
+
+def window_max(samples: Iterable[tuple[float, int]], now: float, span_s: float) -> int:
+    return max((v for t, v in samples if now - span_s < t <= now), default=0)
 
 
 def clamp(n: int, lo: int, hi: int | None) -> int:
@@ -52,26 +148,155 @@ def idle_seconds(obs: Observation, now: float) -> float:
     return max(0.0, now - obs.last_activity_at)
 
 
-def decide(obs: Observation, now: float, keep_alive_s: float) -> Decision:
-    lo, hi, prev = obs.min_replicas, obs.max_replicas, obs.desired
-    demand = obs.in_flight + obs.queued
-    transition = f"{prev} -> "
-    if prev == 0 and obs.queued > 0:
-        n = clamp(max(1, replicas_for(obs.queued, obs.limit)), lo, hi)
-        return Decision(n, "wake", f"{transition}{n}: wake, {obs.queued} queued "
-                        f"(oldest {obs.oldest_wait_s:.1f} s), no replica")
-    if obs.queued > 0 and obs.oldest_wait_s >= BACKLOG_WAIT_S and obs.starting == 0:
-        n = clamp(replicas_for(demand, obs.limit), lo, hi)
-        if n > prev:
-            return Decision(n, "backlog", f"{transition}{n}: backlog, {obs.queued} queued "
-                            f"waiting {obs.oldest_wait_s:.1f} s, {obs.in_flight} in flight "
-                            f"over limit {obs.limit} per replica")
-    idle_s = idle_seconds(obs, now)
-    if demand == 0 and prev > lo and idle_s >= keep_alive_s:
-        return Decision(lo, "idle", f"{transition}{lo}: idle {idle_s:.1f} s >= keep-alive "
-                        f"{keep_alive_s:g} s")
-    bounded = clamp(prev, lo, hi)
-    if bounded != prev:
-        return Decision(bounded, "bounds", f"{transition}{bounded}: bounds "
-                        f"[{lo}, {'inf' if hi is None else hi}]")
-    return Decision(prev, "steady", f"{prev} -> {prev}: steady")
+def _lag(obs: Observation) -> str:
+    return f"; queue lag {obs.oldest_wait_s:.1f} s" if obs.queued else ""
+
+
+# ---- the policy -------------------------------------------------------------------------
+class Autoscaler:
+    """One endpoint's policy: its windows, panic state and idle-gap histogram."""
+
+    def __init__(self, settings: AutoscalerSettings | None = None) -> None:
+        self.settings = settings or AutoscalerSettings()
+        self.idle_gaps = IdleGaps(self.settings.keep_alive)
+        self._concurrency: deque[tuple[float, float]] = deque()
+        self._wants: deque[tuple[float, int]] = deque()
+        self._panic_until = -math.inf
+        self._seen_request_at = 0.0
+        self._seen_activity_at = 0.0
+        self._seen_demand = 0
+        self.service_s: float | None = None  # mean time a request holds a slot, learned
+        self._first_seen_at: float | None = None
+
+    def keep_alive(self) -> KeepAlive:
+        forced = self.settings.keep_alive_s
+        return fixed(forced) if forced is not None else self.idle_gaps.window()
+
+    def panicking(self, now: float) -> bool:
+        return now < self._panic_until
+
+    def decide(self, obs: Observation, now: float) -> Decision:
+        self._learn(obs, now)
+        return self._decide(obs, now)
+
+    def _learn(self, obs: Observation, now: float) -> None:
+        if self._first_seen_at is None:
+            self._first_seen_at = now
+        demand = obs.in_flight + obs.queued
+        if obs.last_request_at > self._seen_request_at:
+            if self._seen_request_at > 0 and self._seen_demand == 0:
+                self.idle_gaps.note_idle_gap(obs.last_request_at - self._seen_activity_at)
+            self._seen_request_at = obs.last_request_at
+        self._seen_activity_at, self._seen_demand = obs.last_activity_at, demand
+        if obs.queued == 0 and obs.arrival_rate_per_s > 0 and obs.ready > 0:
+            self.service_s = smoothed(self.service_s, obs.in_flight / obs.arrival_rate_per_s,
+                                      self.settings.service_time_smoothing)
+        self._concurrency.append((now, demand_concurrency(
+            obs.in_flight, obs.queued, obs.arrival_rate_per_s, self.service_s,
+            self.settings.drain_s)))
+        horizon = now - max(self.settings.stable_window_s, self.settings.scale_down_delay_s)
+        for window in (self._concurrency, self._wants):
+            while window and window[0][0] <= horizon:
+                window.popleft()
+
+    def _decide(self, obs: Observation, now: float) -> Decision:
+        s, prev = self.settings, obs.desired
+        lo, hi = obs.min_replicas, obs.max_replicas
+        signals = self._signals(obs, now)
+        if prev == 0 and obs.queued > 0:
+            n = clamp(max(1, replicas_for(obs.queued, obs.limit)), lo, hi)
+            return Decision(n, "wake", f"{prev} -> {n}: wake, {obs.queued} queued "
+                            f"(oldest {obs.oldest_wait_s:.1f} s), no replica", signals)
+        idle = self._idle(obs, now, signals)
+        if idle is not None:
+            return idle
+        want = max(signals.request_replicas, signals.resource_replicas)
+        self._wants.append((now, want))
+        if signals.panic:
+            n = clamp(max(prev, want), lo, hi)
+            cap = max(1, obs.ready) * replica_capacity(obs.limit, s.target_utilization)
+            if n > prev:
+                return Decision(n, "panic", f"{prev} -> {n}: panic, {s.panic_window_s:g} s "
+                                f"concurrency {signals.panic_concurrency:.0f} over "
+                                f"{s.panic_threshold:g} x capacity {cap:.0f}{_lag(obs)}", signals)
+            return self._hold(obs, n, signals)
+        floor = 1 if prev > 0 or obs.in_flight + obs.queued > 0 else 0
+        want = max(want, floor)
+        if want > prev:
+            n = clamp(want, lo, hi)
+            if n > prev:
+                return Decision(n, "scale-up", f"{prev} -> {n}: scale-up, "
+                                f"{self._why(obs, signals)}{_lag(obs)}", signals)
+        elif want < prev and self._watched_for(now, s.scale_down_delay_s):
+            held = max(want, window_max(self._wants, now, s.scale_down_delay_s))
+            n = clamp(min(prev, held), lo, hi)
+            if n < prev:
+                return Decision(n, "scale-down", f"{prev} -> {n}: scale-down, "
+                                f"{self._why(obs, signals)}, the most wanted in the last "
+                                f"{s.scale_down_delay_s:g} s", signals)
+        return self._hold(obs, clamp(prev, lo, hi), signals)
+
+    def _watched_for(self, now: float, span_s: float) -> bool:
+        """A scale down needs this much history (none after a restart of the platform)."""
+        return self._first_seen_at is not None and now - self._first_seen_at >= span_s
+
+    def _signals(self, obs: Observation, now: float) -> Signals:
+        """Both signals from the windows; enters (or extends) panic when the short window
+        asks for `panic_threshold` times the ready capacity."""
+        s = self.settings
+        stable = window_average(self._concurrency, now, s.stable_window_s)
+        panic_avg = window_average(self._concurrency, now, s.panic_window_s)
+        panic_want = request_replicas(panic_avg, obs.limit, s.target_utilization)
+        over = capacity_ratio(panic_avg, obs.limit, s.target_utilization, obs.ready)
+        if over >= s.panic_threshold and obs.desired > 0:
+            self._panic_until = now + s.stable_window_s  # enter, or extend
+        panic = self.panicking(now)
+        utilization = max((u for u in (obs.cpu_utilization, obs.gpu_utilization)
+                           if u is not None), default=None)
+        ka = self.keep_alive()
+        return Signals(
+            stable_concurrency=stable, panic_concurrency=panic_avg,
+            request_replicas=panic_want if panic else request_replicas(
+                stable, obs.limit, s.target_utilization),
+            resource_replicas=resource_replicas(obs.ready, utilization,
+                                                s.target_cpu_utilization),
+            panic=panic, keep_alive_s=ka.keep_s, keep_alive_reason=ka.reason,
+        )
+
+    def _idle(self, obs: Observation, now: float, signals: Signals) -> Decision | None:
+        """Scale to zero (min_replicas) or pre-warm, by the keep-alive policy, when idle."""
+        prev, lo = obs.desired, obs.min_replicas
+        if obs.in_flight + obs.queued > 0 or signals.panic:
+            return None
+        ka, idle_s = self.keep_alive(), idle_seconds(obs, now)
+        if ka.warm_at(idle_s):
+            if prev == 0 and lo == 0 and idle_s >= ka.prewarm_s > 0:
+                return Decision(1, "prewarm", f"0 -> 1: prewarm, idle {idle_s / 60:.1f} min; "
+                                f"{ka.reason}", signals)
+            return None
+        if prev <= lo:
+            return None
+        if idle_s < ka.prewarm_s:
+            return Decision(lo, "idle", f"{prev} -> {lo}: idle {idle_s:.1f} s, unloaded "
+                            f"until pre-warm; {ka.reason}", signals)
+        return Decision(lo, "idle", f"{prev} -> {lo}: idle {idle_s:.1f} s >= keep-alive "
+                        f"{ka.keep_s:g} s ({ka.reason})", signals)
+
+    def _why(self, obs: Observation, signals: Signals) -> str:
+        s = self.settings
+        request = (f"{s.stable_window_s:g} s concurrency {signals.stable_concurrency:.1f} over "
+                   f"limit {obs.limit} x {s.target_utilization:.0%} wants "
+                   f"{signals.request_replicas}")
+        if signals.resource_replicas <= signals.request_replicas:
+            return request
+        utilization = max(u for u in (obs.cpu_utilization, obs.gpu_utilization) if u is not None)
+        return (f"utilization {utilization:.0%} over target {s.target_cpu_utilization:.0%} on "
+                f"{obs.ready} ready wants {signals.resource_replicas} ({request})")
+
+    def _hold(self, obs: Observation, n: int, signals: Signals) -> Decision:
+        prev = obs.desired
+        if n != prev:
+            hi = "inf" if obs.max_replicas is None else obs.max_replicas
+            return Decision(n, "bounds", f"{prev} -> {n}: bounds [{obs.min_replicas}, {hi}]",
+                            signals)
+        return Decision(prev, "steady", f"{prev} -> {prev}: steady", signals)

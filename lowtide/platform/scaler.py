@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -25,11 +26,15 @@ from rq.job import Job, JobStatus
 
 from .. import _keys
 from . import state
+from .keepalive import KeepAlive
 from .placement import choose_host
-from .policy import DEFAULT_KEEP_ALIVE_S, Decision, Observation, decide
+from .policy import Autoscaler, AutoscalerSettings, Decision, Observation
 from .state import Deployment, ReplicaRecord
 
 log = logging.getLogger(__name__)
+
+DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
+                    "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
 ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
 STOPPING_FORGET_S = 60.0
@@ -58,11 +63,18 @@ class Scaler:
         self._backoff_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._said: dict[str, str] = {}
+        self._policies: dict[str, Autoscaler] = {}
+        self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
 
-    @property
-    def keep_alive_s(self) -> float:
-        ka = self.settings.keep_alive_s
-        return DEFAULT_KEEP_ALIVE_S if ka is None else ka
+    def policy(self, name: str) -> Autoscaler:
+        if name not in self._policies:
+            self._policies[name] = Autoscaler(
+                AutoscalerSettings(keep_alive_s=self.settings.keep_alive_s))
+        return self._policies[name]
+
+    def keep_alive(self, name: str) -> KeepAlive:
+        """The endpoint's current keep-alive window and why (for status)."""
+        return self.policy(name).keep_alive()
 
     def poke(self, name: str) -> None:
         self._poked.add(name)
@@ -120,28 +132,34 @@ class Scaler:
     async def reconcile(self, name: str) -> Decision | None:
         dep = await state.load_deployment(self.redis, name)
         if dep is None:
+            self._policies.pop(name, None)
+            self._arrivals.pop(name, None)
             return None
         now = self.clock()
-        replicas = await self._housekeep(dep, await state.load_replicas(self.redis, name), now)
+        hosts = await state.live_hosts(self.redis)
+        replicas = await self._housekeep(dep, await state.load_replicas(self.redis, name),
+                                         hosts, now)
         current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
-        obs = await self._observe(dep, current, now)
-        decision = decide(obs, now, self.keep_alive_s)
+        obs = await self._observe(dep, current, hosts, now)
+        decision = self.policy(name).decide(obs, now)
         if decision.changed(dep.desired):
             await self._record(dep, decision, obs, now)
         await self._converge(dep, current, decision.desired, now)
         return decision
 
-    async def _observe(self, dep: Deployment, current: list[ReplicaRecord], now: float
-                       ) -> Observation:
+    async def _observe(self, dep: Deployment, current: list[ReplicaRecord],
+                       hosts: dict[str, Any], now: float) -> Observation:
         name = dep.spec.name
         q = await state.queue_stats(self.redis, name, now)
         ready = [r for r in current if r.state == "ready" and r.alive]
         beats = [r.alive for r in current if r.alive]
+        counted = await state.request_stats(self.redis, name)
         last_activity = max(
-            [await state.last_request_at(self.redis, name), dep.updated_at]
+            [counted.last_request_at, dep.updated_at]
             + [float(b.get("last_done_at", 0)) for b in beats]
         )
-        limits = [r.limit for r in ready] or [state.DEFAULT_LIMIT]
+        limits = [int(r.alive.get("limit", r.limit)) for r in ready if r.alive] or [
+            state.DEFAULT_LIMIT]
         return Observation(
             desired=dep.desired,
             ready=len(ready),
@@ -153,24 +171,37 @@ class Scaler:
             limit=min(limits),
             min_replicas=dep.spec.min_replicas,
             max_replicas=dep.spec.max_replicas,
+            last_request_at=counted.last_request_at,
+            arrival_rate_per_s=self._arrival_rate(name, counted.requests, now),
+            cpu_utilization=cpu_utilization(ready, state.replica_cpu_cores(hosts), dep.spec.cpu),
         )
+
+    def _arrival_rate(self, name: str, requests: int, now: float) -> float:
+        """Arrivals per second since the previous look (the activators flush every second)."""
+        then, before, rate = self._arrivals.get(name, (now, requests, 0.0))
+        if now - then >= 1.0:
+            rate = max(0, requests - before) / (now - then)
+            then, before = now, requests
+        self._arrivals[name] = (then, before, rate)
+        return rate
 
     async def _record(self, dep: Deployment, d: Decision, obs: Observation, now: float) -> None:
         name = dep.spec.name
         inputs = {k: v for k, v in obs.__dict__.items() if k not in ("min_replicas",)}
-        inputs["keep_alive_s"] = self.keep_alive_s
+        if d.signals is not None:
+            inputs.update(d.signals.__dict__)
         event = await state.record_event(self.redis, name, d.kind, d.reason, frm=dep.desired,
                                          to=d.desired, inputs=inputs, now=now)
         await self.redis.hset(_keys.deployment(name), mapping={
             "desired": d.desired, "last_decision": json.dumps(event)})
         dep.desired = d.desired
+        DECISIONS.labels(kind=d.kind).inc()
         log.info("%s: %s", name, d.reason)
 
     # ---- housekeeping -----------------------------------------------------------------
-    async def _housekeep(self, dep: Deployment, replicas: list[ReplicaRecord], now: float
-                         ) -> list[ReplicaRecord]:
+    async def _housekeep(self, dep: Deployment, replicas: list[ReplicaRecord],
+                         hosts: dict[str, Any], now: float) -> list[ReplicaRecord]:
         """Drop replicas that are lost, failed to start or linger; stop stale versions."""
-        hosts = await state.live_hosts(self.redis)
         kept = []
         for r in replicas:
             problem = await self._problem(r, hosts, now)
@@ -184,6 +215,9 @@ class Scaler:
 
     async def _problem(self, r: ReplicaRecord, hosts: dict[str, Any], now: float) -> str | None:
         age_s = now - (r.ready_at or r.created_at)
+        if r.state == "crashed":
+            code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
+            return f"replica {r.id} failed: exited with code {code}: {last}"
         if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
             return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s"
         stopping_since = float(r.extra.get("stopping_at", r.created_at))
@@ -290,3 +324,13 @@ class Scaler:
             job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,
         )
 
+
+
+def cpu_utilization(ready: list[ReplicaRecord], cores_used: dict[str, float],
+                    cores_requested: float) -> float | None:
+    """Mean CPU utilization of the ready replicas that were measured (1.0 = requested cores
+    busy); None when none was."""
+    measured = [cores_used[r.id] for r in ready if r.id in cores_used]
+    if not measured:
+        return None
+    return round(sum(measured) / len(measured) / max(cores_requested, 0.01), 3)

@@ -122,8 +122,28 @@ async def queue_stats(redis: Redis, name: str, now: float) -> QueueStats:
 
 
 async def last_request_at(redis: Redis, name: str) -> float:
-    raw = await redis.hget(_keys.stats(name), "last_request_at")
-    return float(raw) if raw else 0.0
+    return (await request_stats(redis, name)).last_request_at
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """The activators' flushed counters of one endpoint."""
+
+    requests: int  # arrivals since the endpoint was created
+    last_request_at: float
+
+
+async def request_stats(redis: Redis, name: str) -> RequestStats:
+    raw = await redis.hmget(_keys.stats(name), ["requests", "last_request_at"])
+    return RequestStats(int(raw[0] or 0), float(raw[1] or 0.0))
+
+
+def replica_cpu_cores(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Cores in use per replica id, from the host agents' heartbeats."""
+    used: dict[str, float] = {}
+    for host in hosts.values():
+        used.update(host.get("load", {}).get("replica_cpu_cores", {}))
+    return used
 
 
 async def record_event(
