@@ -360,10 +360,16 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(f"replicas  ready {r['ready']}  desired {r['desired']}  starting {r['starting']}"
           f"  stopping {r['stopping']}")
     print(f"queue     depth {q['depth']}  oldest {q['oldest_age_s']:.1f} s")
-    print(f"keep-alive {status['keep_alive_s']:g} s")
+    ka = status.get("keep_alive") or {}
+    print(f"keep-alive {status['keep_alive_s']:g} s" + (f" ({ka['reason']})" if ka else "")
+          + ("  PANIC: scaling up, no scale-down" if status.get("panic") else ""))
     for item in r["items"]:
+        startup = item.get("startup") or {}
+        started = (f"  started via {startup['path']} in {startup['total_s'] * 1000:.0f} ms"
+                   if "total_s" in startup else "")
         print(f"  {item['id']}  {item['state']:<9} v{item['version']}  {item['host']}  "
-              f"{item['address'] or '-'}  in-flight {item['in_flight']}/{item['limit']}")
+              f"{item['address'] or '-'}  in-flight {item['in_flight']}/{item['limit']}"
+              f"{started}")
     print("recent decisions (newest first):")
     for ev in client.events(args.name, limit=10):
         at = time.strftime("%H:%M:%S", time.localtime(ev["at"]))
