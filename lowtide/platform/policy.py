@@ -210,6 +210,10 @@ class Autoscaler:
         idle = self._idle(obs, now, signals)
         if idle is not None:
             return idle
+        if prev == 0 and obs.in_flight + obs.queued == 0:
+            # at zero only demand (a wake) or a pre-warm starts a replica: the windows still
+            # remember the traffic before the keep-alive ran out
+            return self._hold(obs, clamp(0, lo, hi), signals)
         want = max(signals.request_replicas, signals.resource_replicas)
         self._wants.append((now, want))
         if signals.panic:

@@ -361,6 +361,18 @@ def test_deploy_wake_traffic_idle_wake_again_with_a_fixed_keep_alive() -> None:
     assert ep.changes() == [(100, 1, "wake"), (450, 0, "idle"), (2000.5, 3, "wake")]
 
 
+def test_no_scale_up_right_after_scaling_to_zero() -> None:
+    """The stable window still remembers the traffic when a short keep-alive runs out;
+    that memory must not bring a replica back without a request (a flap seen live)."""
+    ep = FakeEndpoint(Autoscaler(AutoscalerSettings(keep_alive_s=1.0)))
+    ep.request(0, queued=1)
+    ep.run(1, 3, in_flight=1)
+    ep.last_activity_at = T0 + 3
+    ep.run(3, 12)  # idle: to zero after the 1 s keep-alive, and it must stay there
+    assert [e for e in ep.changes() if e[0] >= 3] == [(4.0, 0, "idle")]
+    assert ep.desired == 0
+
+
 def test_a_timer_endpoint_learns_to_unload_and_pre_warm() -> None:
     """Every 15 minutes one call: after a few gaps the policy unloads right after a call and
     pre-warms before the next, instead of idling 10 minutes and starting cold anyway."""
