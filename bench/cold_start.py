@@ -13,6 +13,7 @@ median start-up phases the replicas recorded.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -130,11 +131,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="cold starts per function and mode")
     p.add_argument("--warm", type=int, default=50, help="warm calls per function")
     p.add_argument("--functions", default="trivial,sklearn,torch")
+    p.add_argument("--preload", default="",
+                   help="LOWTIDE_POOL_PRELOAD for the pool workers (e.g. numpy,torch)")
     args = p.parse_args()
     kinds = [k for k in args.functions.split(",") if k]
     results: dict[tuple[str, bool], dict[str, Any]] = {}
     for pool in (True, False):
         extra = () if pool else ("--no-pool",)
+        if args.preload:
+            os.environ["LOWTIDE_POOL_PRELOAD"] = args.preload
         with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, \
                 start_local_cluster(Path(tmp), keep_alive_s=1, extra_args=extra) as cluster, \
                 httpx.Client(timeout=300) as http:

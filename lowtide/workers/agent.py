@@ -374,8 +374,11 @@ class Agent:
         if rp is None:
             self._forget(endpoint, replica_id)
             return False
-        self._stop_process(rp)
-        self._reap()
+        # drained and stopped off the job thread: a start queued behind must not wait for it;
+        # the supervision loop reaps the process and removes it from routing
+        rp.stopping = True
+        threading.Thread(target=self._stop_process, args=(rp,), name=f"stop-{replica_id}",
+                         daemon=True).start()
         return True
 
     # ---- supervision ------------------------------------------------------------------

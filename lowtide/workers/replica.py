@@ -330,14 +330,17 @@ def startup_reason(replica_id: str, startup: dict[str, Any]) -> str:
 
 _current: Replica | None = None
 _pool_mode = False
-PRELOAD = ("numpy",)  # common imports a prewarmed worker loads before it has a function
+# common imports a prewarmed worker loads before it has a function (LOWTIDE_POOL_PRELOAD,
+# comma separated, replaces the list; missing modules are skipped)
+PRELOAD = ("numpy", "sklearn.ensemble", "sklearn.linear_model")
 
 
 def enter_pool() -> None:
     """Wait as a prewarmed generic worker until POST /lt/specialize gives a function."""
     global _pool_mode
     _pool_mode = True
-    for name in PRELOAD:
+    names = os.environ.get("LOWTIDE_POOL_PRELOAD")
+    for name in names.split(",") if names else PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
