@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error", f"{type(exc).__name__} (see the server log)")
+
+
+def add_health_routes(app: web.Application, component: str,
+                      extra_registry: CollectorRegistry | None = None) -> None:
+    """GET /healthz (Redis reachable: 200, else 503) and GET /metrics (Prometheus text) for a
+    component whose app holds its Redis client under app["redis"]."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        try:
+            await request.app["redis"].ping()
+        except RedisError as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}") from None
+        return json_response({"status": "ok", "component": component})
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        if extra_registry is not None:
+            body += generate_latest(extra_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None

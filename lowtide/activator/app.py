@@ -24,12 +24,9 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
 )
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,6 +37,7 @@ from .._http import (
     NotFound,
     Unavailable,
     UnsupportedMediaType,
+    add_health_routes,
     errors_middleware,
     json_response,
 )
@@ -272,30 +270,13 @@ class Activator:
         return result
 
 
-async def healthz(request: web.Request) -> web.Response:
-    redis: Redis = request.app["redis"]
-    try:
-        await redis.ping()
-    except RedisError as exc:
-        raise Unavailable(f"Redis is unreachable: {exc}") from None
-    return json_response({"status": "ok", "component": "activator"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """The process's metrics, then this activator's view of each replica."""
-    body = generate_latest(REGISTRY) + generate_latest(request.app["registry"])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def build_app(activator: Activator) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=activator.settings.max_body_bytes)
     app["redis"] = activator.redis
-    app["registry"] = activator.registry
     app["max_body_bytes"] = activator.settings.max_body_bytes
     app.router.add_post("/fn/{name}", activator.invoke)
     app.router.add_get("/requests/{id}", activator.request_status)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    add_health_routes(app, "activator", extra_registry=activator.registry)
     return app
 

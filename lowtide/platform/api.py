@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from aiohttp import BodyPartReader, web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -20,7 +20,7 @@ from .._http import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
-    Unavailable,
+    add_health_routes,
     errors_middleware,
     json_response,
 )
@@ -308,20 +308,6 @@ def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None
             "startup": r.extra.get("startup")}
 
 
-async def healthz(request: web.Request) -> web.Response:
-    redis: Redis = request.app["redis"]
-    try:
-        await redis.ping()
-    except RedisError as exc:
-        raise Unavailable(f"Redis is unreachable: {exc}") from None
-    return json_response({"status": "ok", "component": "platform"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY), headers={
-        "Content-Type": CONTENT_TYPE_LATEST})
-
-
 def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
@@ -338,7 +324,6 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.A
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
     app.router.add_get("/v1/hosts", api.hosts)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    add_health_routes(app, "platform")
     return app
 
