@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,20 @@ def replica(client: Client, name: str) -> dict[str, Any]:
     return next(r for r in client.status(name)["replicas"]["items"] if r["state"] == "ready")
 
 
+def drain(client: Client, name: str, timeout_s: float = 300.0) -> None:
+    """Wait until the endpoint's stream holds nothing (abandoned callers' requests are still
+    answered, and would take the measured run's capacity)."""
+    deadline = time.monotonic() + timeout_s
+    while client.status(name)["queue"]["depth"] > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: the queue did not drain in {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 def learned_run(client: Client, name: str, url: str, body: dict[str, Any], offered: int,
                 duration_s: float) -> tuple[LoadResult, list[int], dict[str, Any]]:
     wrk_closed(url, body, offered, duration_s)  # the limit learns; not measured
+    drain(client, name)  # the warm-up's backlog must not count in the measured run
     limits: list[int] = []
     stop = threading.Event()
 
