@@ -37,13 +37,12 @@ SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def cpu_bound(x: int) -> int:
-    import time
-
-    end = time.perf_counter() + 0.020
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
-    return x
+    """A fixed amount of pure-Python work (about 20 ms here): not a wall-clock busy-wait,
+    which would finish in 20 ms of wall time however many threads share the GIL."""
+    total = 0
+    for i in range(250_000):
+        total += i * i
+    return x + (total & 0)
 
 
 async def io_bound(x: int) -> int:
