@@ -56,6 +56,11 @@ def host_queue(host_id: str) -> str:
     return f"lowtide-host-{host_id}"
 
 
+def host_build_queue(host_id: str) -> str:
+    """The rq queue of a host's Bento builds: apart, so a start never waits behind a build."""
+    return f"lowtide-host-{host_id}-build"
+
+
 def stats(name: str) -> str:
     """Hash flushed by activators about once a second: requests, last_request_at."""
     return f"{PREFIX}stats:{name}"

@@ -38,6 +38,7 @@ DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
 
 ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
 STOPPING_FORGET_S = 60.0
+CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
 
 
@@ -173,7 +174,9 @@ class Scaler:
             max_replicas=dep.spec.max_replicas,
             last_request_at=counted.last_request_at,
             arrival_rate_per_s=self._arrival_rate(name, counted.requests, now),
-            cpu_utilization=cpu_utilization(ready, state.replica_cpu_cores(hosts), dep.spec.cpu),
+            cpu_utilization=cpu_utilization(
+                [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S],
+                state.replica_cpu_cores(hosts), dep.spec.cpu),
         )
 
     def _arrival_rate(self, name: str, requests: int, now: float) -> float:
@@ -318,7 +321,8 @@ class Scaler:
             log.warning("%s: %s", dep.spec.name, text)
 
     async def enqueue(self, host: str, job: str, *args: Any, job_id: str | None = None) -> None:
-        queue = Queue(_keys.host_queue(host), connection=self.sync_redis)
+        name = _keys.host_build_queue(host) if job == "build" else _keys.host_queue(host)
+        queue = Queue(name, connection=self.sync_redis)
         await asyncio.to_thread(
             queue.enqueue, f"lowtide.workers.jobs.{job}", *args, job_id=job_id,
             job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,

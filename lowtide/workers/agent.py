@@ -92,8 +92,7 @@ class Agent:
         self.replicas: dict[str, ReplicaProcess] = {}
         self._lock = threading.Lock()
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
-        self._rq: _ThreadWorker | None = None
-        self._rq_thread: threading.Thread | None = None
+        self._rq: list[tuple[_ThreadWorker, threading.Thread]] = []
         self._cpu_procs: dict[int, psutil.Process] = {}  # kept: cpu_percent needs a baseline
         self._stopping = False
         self.pool = WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool else None
@@ -112,8 +111,8 @@ class Agent:
                  _keys.host_queue(self.settings.host_id), self.http_port)
         try:
             while not stop.wait(HEARTBEAT_S):
-                if self._rq_thread is not None and not self._rq_thread.is_alive():
-                    raise RuntimeError("the rq worker thread died; see the log above")
+                if any(not thread.is_alive() for _, thread in self._rq):
+                    raise RuntimeError("an rq worker thread died; see the log above")
                 self._reap()
                 if self.pool is not None and not self._stopping:
                     self.pool.maintain()
@@ -125,7 +124,7 @@ class Agent:
     def _health(self) -> dict[str, object]:
         with self._lock:
             count = len(self.replicas)
-        rq_ok = self._rq_thread is not None and self._rq_thread.is_alive()
+        rq_ok = bool(self._rq) and all(thread.is_alive() for _, thread in self._rq)
         return {"status": "ok" if rq_ok else "degraded", "component": "agent",
                 "host_id": self.settings.host_id, "replicas": count,
                 "pool": self._pool_status()}
@@ -141,8 +140,8 @@ class Agent:
         with self._lock:
             self._stopping = True  # from now on start jobs are refused
             replicas = list(self.replicas.values())
-        if self._rq is not None:
-            self._rq._stop_requested = True
+        for worker, _ in self._rq:
+            worker._stop_requested = True
         if self.pool is not None:
             self.pool.stop_all()
         threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
@@ -151,8 +150,8 @@ class Agent:
         for t in threads:
             t.join()
         self._reap()
-        if self._rq_thread is not None:
-            self._rq_thread.join(timeout=1)  # a daemon blocked in a dequeue; jobs are done
+        for _, thread in self._rq:
+            thread.join(timeout=1)  # a daemon blocked in a dequeue; jobs are done
         try:
             self.redis.hdel(_keys.HOSTS, self.settings.host_id)
             self.redis.delete(_keys.host_alive(self.settings.host_id))
@@ -161,13 +160,18 @@ class Agent:
         log.info("agent %s stopped", self.settings.host_id)
 
     def _start_rq(self) -> None:
-        queue = Queue(_keys.host_queue(self.settings.host_id), connection=self.redis)
-        name = f"agent-{self.settings.host_id}-{os.getpid()}"
-        self._rq = _ThreadWorker([queue], connection=self.redis, name=name, worker_ttl=16)
-        self._rq_thread = threading.Thread(
-            target=self._rq.work, kwargs={"logging_level": "WARNING"}, name="rq", daemon=True
-        )
-        self._rq_thread.start()
+        """Two job threads: replica commands, and Bento builds (slow; a start must not wait
+        behind one: the pool path does not need the Bento)."""
+        host = self.settings.host_id
+        for label, queue_name in (("commands", _keys.host_queue(host)),
+                                  ("builds", _keys.host_build_queue(host))):
+            queue = Queue(queue_name, connection=self.redis)
+            worker = _ThreadWorker([queue], connection=self.redis, worker_ttl=16,
+                                   name=f"agent-{host}-{os.getpid()}-{label}")
+            thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"},
+                                      name=f"rq-{label}", daemon=True)
+            thread.start()
+            self._rq.append((worker, thread))
 
     def _register(self) -> None:
         s = self.settings

@@ -42,3 +42,4 @@ def test_a_replica_that_cannot_load_is_reported_and_restarts_back_off(
     gaps = [a["at"] - b["at"] for a, b in itertools.pairwise(events)]
     assert all(gap >= 4.0 for gap in gaps), gaps  # backed off, not a restart loop
     assert ep.status()["replicas"]["ready"] == 0
+    ep.delete()  # no more attempts in the shared cluster
