@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from .. import _keys
 from .._protocol import Result
+from .._redis import follow
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +61,13 @@ class ReplyHub:
         return Result.from_fields(fields) if fields else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self.subscribed.set()
-                    backoff_s = 0.1
-                    while not stop.is_set():
-                        msg = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=1.0)
-                        if msg and msg.get("type") == "message":
-                            self._deliver(msg["data"])
-            except RedisError as exc:
-                self.subscribed.clear()
-                log.warning("reply subscription lost (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+        async def subscribed() -> None:
+            self.subscribed.set()
 
-    def _deliver(self, message: bytes) -> None:
+        await follow(self.redis, self.channel, stop, self._deliver, what="reply subscription",
+                     on_subscribed=subscribed, on_lost=self.subscribed.clear)
+
+    async def _deliver(self, message: bytes) -> None:
         try:
             request_id, result = Result.from_message(message)
         except ValueError:

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from .. import _keys
+from .._redis import follow
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 
 log = logging.getLogger(__name__)
@@ -122,27 +122,20 @@ class Routes:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow route events; resync every RESYNC_S seconds."""
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(_keys.ROUTES_CHANNEL)
-                    await self._resync()
-                    backoff_s = 0.1
-                    next_resync = time.monotonic() + RESYNC_S
-                    while not stop.is_set():
-                        msg = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=0.5)
-                        if msg and msg.get("type") == "message":
-                            await self.invalidate(msg["data"].decode())
-                        if time.monotonic() >= next_resync:
-                            await self._resync()
-                            next_resync = time.monotonic() + RESYNC_S
-            except RedisError as exc:
-                log.warning("route events lost (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+        next_resync = 0.0
 
-    async def _resync(self) -> None:
-        for name in list(self.endpoints):
-            await self.refresh(name)
+        async def event(data: bytes) -> None:
+            await self.invalidate(data.decode())
+
+        async def resync() -> None:
+            nonlocal next_resync
+            for name in list(self.endpoints):
+                await self.refresh(name)
+            next_resync = time.monotonic() + RESYNC_S
+
+        async def maybe_resync() -> None:
+            if time.monotonic() >= next_resync:
+                await resync()
+
+        await follow(self.redis, _keys.ROUTES_CHANNEL, stop, event, what="route events",
+                     poll_s=0.5, on_subscribed=resync, on_poll=maybe_resync)

@@ -25,6 +25,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from .. import _keys
+from .._redis import follow
 from . import state
 from .keepalive import KeepAlive
 from .placement import choose_host
@@ -114,20 +115,10 @@ class Scaler:
             return set()
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(_keys.WAKE_CHANNEL)
-                    backoff_s = 0.1
-                    while not stop.is_set():
-                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if msg and msg.get("type") == "message":
-                            self.poke(msg["data"].decode())
-            except RedisError as exc:
-                log.warning("wake subscription lost (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+        async def wake(data: bytes) -> None:
+            self.poke(data.decode())
+
+        await follow(self.redis, _keys.WAKE_CHANNEL, stop, wake, what="wake subscription")
 
     # ---- one step ---------------------------------------------------------------------
     async def reconcile(self, name: str) -> Decision | None:
