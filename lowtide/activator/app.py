@@ -13,6 +13,7 @@ at the replicas' full learned limit).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -86,6 +87,21 @@ def check_body(content_type: str, body: bytes) -> None:
             json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=timeout_s + REPLY_MARGIN_S)
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The session that proxies to replicas: pooled keep-alive connections, and nothing a
+    proxy does not need (no cookie jar, no decompression, no automatic headers)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+    )
 
 
 @dataclass(frozen=True)
@@ -212,10 +228,10 @@ class Activator:
         replica.in_flight += 1
         try:
             async with self.session.post(
-                f"http://{replica.address}/lt/invoke", data=call.body,
+                replica.invoke_url, data=call.body,
                 headers={"Content-Type": call.content_type,
                          TIMEOUT_HEADER: repr(call.timeout_s)},
-                timeout=aiohttp.ClientTimeout(total=call.timeout_s + REPLY_MARGIN_S),
+                timeout=_client_timeout(call.timeout_s),
             ) as resp:
                 payload = await resp.read()
                 replica.observe(resp.headers)

@@ -8,6 +8,7 @@ forwards SIGINT/SIGTERM to them, and when one dies it stops the others and fails
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
@@ -15,12 +16,11 @@ import threading
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 
-import aiohttp
 from aiohttp import web
 
 from .._redis import async_redis
 from .._run import run, supervise
-from .app import Activator, build_app
+from .app import Activator, build_app, client_session
 from .settings import ActivatorSettings
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,7 @@ WORKER_STOP_S = 15.0
 async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
     redis = async_redis(settings.redis_url)
     activator = Activator(settings, redis)
-    activator.session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-        auto_decompress=False,
-    )
+    activator.session = client_session()
     tasks = [
         asyncio.create_task(activator.replies.run(stop), name="replies"),
         asyncio.create_task(activator.routes.run(stop), name="routes"),
@@ -46,6 +43,9 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
     await web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
                       reuse_port=settings.workers > 1).start()
     log.info("activator on http://%s:%d", settings.host, settings.port)
+    # what exists now (modules, the app) lives as long as the process: keep it out of the
+    # collector's generations, so a full collection under load walks only request garbage
+    gc.freeze()
     try:
         # stop accepting and let in-flight requests finish while replies still flow
         await supervise(stop, tasks, before_cancel=runner.shutdown)

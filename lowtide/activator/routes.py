@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from yarl import URL
 
 from .. import _keys
 from .._redis import follow
@@ -42,6 +43,12 @@ class ReplicaRoute:
     healthy: bool = True
     no_load_ms: float | None = None  # the replica's no-load latency, as last reported
     requests: int = 0  # answered directly by it, through this activator
+    invoke_url: URL = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # built once: parsing and quoting a URL per proxied request is measurable
+        self.invoke_url = URL.build(scheme="http", authority=self.address, path="/lt/invoke",
+                                    encoded=True)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Take the limit a replica reported in the headers of a direct answer."""

@@ -31,6 +31,19 @@ def test_replica_route_observes_reported_limit(headers: dict[str, str], limit: i
     assert (r.limit, r.no_load_ms) == (limit, no_load_ms)
 
 
+@pytest.mark.parametrize("address, url", [
+    ("127.0.0.1:8001", "http://127.0.0.1:8001/lt/invoke"),
+    ("10.0.0.7:31000", "http://10.0.0.7:31000/lt/invoke"),
+    ("[::1]:9000", "http://[::1]:9000/lt/invoke"),
+    ("host-a.internal:80", "http://host-a.internal/lt/invoke"),  # default port implied
+])
+def test_replica_route_builds_its_invoke_url_once(address: str, url: str) -> None:
+    r = ReplicaRoute("r1", address, limit=4)
+    assert str(r.invoke_url) == url
+    assert (r.invoke_url.host, r.invoke_url.port) == (address.rsplit(":", 1)[0].strip("[]"),
+                                                      int(address.rsplit(":", 1)[1]))
+
+
 def endpoint(*replicas: ReplicaRoute) -> EndpointRoute:
     return EndpointRoute("ep", 1, 60.0, {r.id: r for r in replicas})
 
