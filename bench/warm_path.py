@@ -83,9 +83,14 @@ def main() -> None:
                  row("via activator", peak_via, peak_direct),
                  row(f"via activator, learned limit ({limit})", peak_learned, peak_direct)]))
     print(f"\nhalf of the replica's max: open loop at {rate:.0f} req/s, {d:g} s")
-    print(table([head, row("direct to replica", half_direct, half_direct),
-                 row("via activator", half_via, half_direct),
-                 row("via activator, learned limit", half_learned, half_direct)]))
+    print(table([[*head, "gen late p99 ms"],
+                 [*row("direct to replica", half_direct, half_direct),
+                  f"{half_direct.late_p99_ms:.2f}"],
+                 [*row("via activator", half_via, half_direct), f"{half_via.late_p99_ms:.2f}"],
+                 [*row("via activator, learned limit", half_learned, half_direct),
+                  f"{half_learned.late_p99_ms:.2f}"]]))
+    print("latency from the moment each request was sent (perf_counter); 'gen late': how "
+          "late the load generator sent, which is not counted")
 
 
 if __name__ == "__main__":
