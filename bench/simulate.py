@@ -1,6 +1,7 @@
 """Trace-driven simulation of lowtide's autoscaler and keep-alive against today's policies.
 
     python bench/simulate.py [--functions 60] [--seed 7] [--out bench/out] [--only NAME]
+                             [--breakdown] [--traces DIR]
 
 Replays workloads against the *same* `Autoscaler` class the platform runs
 (`lowtide.platform.policy`), with a model of replica start-up time and per-replica capacity,
@@ -48,7 +49,16 @@ from lowtide.platform.policy import (
     window_average,
 )
 
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
+def default_traces() -> Path:
+    """../shared/traces next to the checkout (a git worktree sits one level deeper)."""
+    here = Path(__file__).resolve().parent.parent
+    for base in (here.parent, here.parent.parent):
+        if (base / "shared" / "traces").is_dir():
+            return base / "shared" / "traces"
+    return here.parent / "shared" / "traces"
+
+
+TRACES = default_traces()
 T0 = 1_700_000_000.0  # the simulated epoch
 
 
@@ -126,8 +136,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def azure2019_500(rng: np.random.Generator, n: int) -> Workload:
-    d = TRACES / "azure2019-500fn-8h"
+def azure2019_500(rng: np.random.Generator, n: int, traces: Path = TRACES) -> Workload:
+    d = traces / "azure2019-500fn-8h"
     inv = _read_csv(d / "invocations.csv")
     dur = {r["HashFunction"]: float(r["Average"]) / 1000 for r in _read_csv(d / "durations.csv")}
     mem = {r["HashFunction"]: float(r["AverageAllocatedMb"]) / 1024
@@ -141,8 +151,8 @@ def azure2019_500(rng: np.random.Generator, n: int) -> Workload:
                     f"{len(fns)} of {len(inv)} functions, 8 h, 10 s ticks")
 
 
-def azure2019_day(rng: np.random.Generator, n: int) -> Workload:
-    d = TRACES / "azure2019-sampled-day"
+def azure2019_day(rng: np.random.Generator, n: int, traces: Path = TRACES) -> Workload:
+    d = traces / "azure2019-sampled-day"
     inv = _read_csv(d / "200_inv.csv")
     run = {r["HashFunction"]: float(r["Average"]) / 1000 for r in _read_csv(d / "200_run.csv")}
     mem = {r["HashApp"]: float(r["AverageAllocatedMb"]) / 1024
@@ -156,8 +166,8 @@ def azure2019_day(rng: np.random.Generator, n: int) -> Workload:
                     f"{len(fns)} of {len(inv)} functions, 24 h, 10 s ticks")
 
 
-def azure2021(dt_s: float = 1.0) -> Workload:
-    rows = _read_csv(TRACES / "azure2021-example" / "Azure2021_200.csv")
+def azure2021(dt_s: float = 1.0, traces: Path = TRACES) -> Workload:
+    rows = _read_csv(traces / "azure2021-example" / "Azure2021_200.csv")
     starts = [(r["app"][:8] + r["func"][:8], float(r["end_timestamp"]) - float(r["duration"]),
                float(r["duration"])) for r in rows]
     horizon = int(max(s for _, s, _ in starts) / dt_s) + 1200
@@ -398,6 +408,23 @@ def print_table(rows: list[Row]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def print_breakdown(workload: Workload, runs: dict[str, list[Outcome]]) -> None:
+    """Cold starts per app and policy (apps where the policies differ first)."""
+    names = list(runs)
+    apps: dict[str, list[int]] = {}
+    requests: dict[str, int] = {}
+    for i, fn in enumerate(workload.functions):
+        counts = apps.setdefault(fn.app, [0] * len(names))
+        for j, name in enumerate(names):
+            counts[j] += runs[name][i].cold
+        requests[fn.app] = requests.get(fn.app, 0) + runs[names[0]][i].requests
+    print(f"cold starts per app, {workload.name}")
+    print("app       requests  " + "  ".join(f"{n:>11}" for n in names))
+    for app, counts in sorted(apps.items(), key=lambda kv: (-(max(kv[1]) - min(kv[1])), kv[0])):
+        print(f"{app:8}  {requests[app]:8}  " + "  ".join(f"{c:11}" for c in counts))
+    print()
+
+
 def plot(workload: Workload, runs: dict[str, list[Outcome]], path: Path) -> None:
     import matplotlib
 
@@ -441,13 +468,13 @@ def _sum_series(outcomes: list[Outcome], dt_s: float, bucket_s: float, span_s: f
 
 
 def workloads(args: argparse.Namespace) -> Iterator[Workload]:
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed)  # one draw in this order: figures stay comparable
     yield step_burst(rng)
     yield diurnal(rng)
     yield periodic()
-    yield azure2019_500(rng, args.functions)
-    yield azure2019_day(rng, args.functions)
-    yield azure2021()
+    yield azure2019_500(rng, args.functions, args.traces)
+    yield azure2019_day(rng, args.functions, args.traces)
+    yield azure2021(traces=args.traces)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,8 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", type=int, default=60,
                         help="functions drawn from each Azure 2019 set (default 60)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--traces", type=Path, default=TRACES,
+                        help=f"the Azure trace samples (default {TRACES})")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--only", help="run only the workloads whose name contains this")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print cold starts per app and policy")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
@@ -468,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = {name: [simulate(fn, make(fn), workload.dt_s, workload.startup_s)
                        for fn in workload.functions] for name, make in POLICIES.items()}
         rows += [summarize(workload, name, outcomes) for name, outcomes in runs.items()]
+        if args.breakdown:
+            print_breakdown(workload, runs)
         plot(workload, runs, args.out / f"{workload.name}.png")
         if workload.name == "step-10x":
             notes += [f"step-10x: {name} holds the new load {time_to_capacity(o[0], 4):.0f} s "
