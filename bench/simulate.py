@@ -49,6 +49,7 @@ from lowtide.platform.policy import (
     window_average,
 )
 
+
 def default_traces() -> Path:
     """../shared/traces next to the checkout (a git worktree sits one level deeper)."""
     here = Path(__file__).resolve().parent.parent
@@ -368,6 +369,7 @@ class Row:
     workload: str
     policy: str
     requests: int
+    cold: int
     cold_pct: float
     app_p75_cold_pct: float
     p99_queue_s: float
@@ -385,19 +387,20 @@ def summarize(workload: Workload, policy: str, outcomes: list[Outcome]) -> Row:
         app[0], app[1] = app[0] + o.cold, app[1] + o.requests
     requests = sum(o.requests for o in outcomes)
     app_rates = [100 * c / n for c, n in per_app.values() if n]
-    return Row(workload.name, policy, requests,
+    return Row(workload.name, policy, requests, sum(o.cold for o in outcomes),
                100 * sum(o.cold for o in outcomes) / max(1, requests),
                float(np.percentile(app_rates, 75)) if app_rates else 0.0,
                weighted_percentile(delays, 99), sum(o.replica_s for o in outcomes) / 3600,
                sum(o.wasted_gb_s for o in outcomes) / 60)
 
 
-HEADER = ("workload", "policy", "requests", "cold %", "p75 app cold %", "p99 queue s",
+HEADER = ("workload", "policy", "requests", "cold", "cold %", "p75 app cold %", "p99 queue s",
           "replica-h", "wasted GB-min")
 
 
 def print_table(rows: list[Row]) -> None:
-    cells = [HEADER] + [(r.workload, r.policy, str(r.requests), f"{r.cold_pct:.2f}",
+    cells = [HEADER] + [(r.workload, r.policy, str(r.requests), str(r.cold),
+                         f"{r.cold_pct:.2f}",
                          f"{r.app_p75_cold_pct:.1f}", f"{r.p99_queue_s:.1f}",
                          f"{r.replica_h:.2f}", f"{r.wasted_gb_min:.1f}") for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
