@@ -359,7 +359,7 @@ class Autoscaler:
         ka, idle_s = self.keep_alive(), idle_seconds(obs, now)
         expected = self.expected(now)
         if expected is not None:  # warm through the window the daily pattern expects
-            return self._prewarm(obs, now, f"pre-warm: {expected.reason}", signals) \
+            return self._prewarm(obs, now, f"prewarm, {expected.reason}", signals) \
                 if prev == 0 else None
         if ka.warm_at(idle_s):
             if prev == 0 and idle_s >= ka.prewarm_s > 0:

@@ -470,6 +470,9 @@ def test_instance_keep_alive_reasons() -> None:
            "9.0 min ago, keep 10.0 min" in reasons[0]
     assert reasons[3].endswith("instance keep-alive over: 2 last needed more than 10.0 min ago")
     assert reasons[4].startswith("1 -> 0: idle 600.0 s >= keep-alive 600 s")
+    for d in decisions:
+        if d.kind != "steady":
+            assert re.match(rf"\d+ -> {d.desired}: {d.kind}\b", d.reason), d
 
 
 def test_a_batch_endpoint_is_pre_warmed_with_the_instances_its_batches_need() -> None:
@@ -550,9 +553,12 @@ def test_a_day_endpoint_is_zero_at_night_and_warm_before_the_first_morning_reque
     assert not first_arrival_warm(log, at(0, firsts[0]))  # the first day: nothing to go by
     assert daily_prewarm_days(log) == {1, 2, 3}
     reasons = [d.reason for _, _, d in log if d.kind == "prewarm"]
-    assert reasons[0] == ("0 -> 1: pre-warm: arrivals expected around 06:01 UTC (daily "
+    assert reasons[0] == ("0 -> 1: prewarm, arrivals expected around 06:01 UTC (daily "
                           "pattern, 1 of last 1 days)")
     assert reasons[-1].endswith("(daily pattern, 3 of last 3 days)")
+    for _, before, d in log:  # every change says what changed, as the event log shows it
+        if d.desired != before:
+            assert re.match(rf"{before} -> {d.desired}: {d.kind}\b", d.reason), d
 
 
 def random_arrivals(days: int, per_day: float, seed: int) -> list[float]:
