@@ -202,7 +202,8 @@ class Autoscaler:
         self.daily = DailyArrivals(self.settings.daily)
         self._needs: deque[tuple[float, int]] = deque()  # instances needed, keep-alive span
         self._batch: deque[tuple[float, int]] = deque()  # ... at the last batch's arrivals
-        self._kept = 0  # instances the instance keep-alive held at the last decision
+        self._kept = 0  # instances the instance keep-alive held at this decision
+        self._was_kept = 0  # ... at the previous one
 
     def keep_alive(self) -> KeepAlive:
         forced = self.settings.keep_alive_s
@@ -231,6 +232,7 @@ class Autoscaler:
 
     def decide(self, obs: Observation, now: float) -> Decision:
         self._learn(obs, now)
+        self._was_kept, self._kept = self._kept, 0
         return self._decide(obs, now)
 
     def _learn(self, obs: Observation, now: float) -> None:
@@ -312,7 +314,7 @@ class Autoscaler:
         held = max(want, window_max(self._wants, now, s.scale_down_delay_s))
         keep, keep_why = self.instance_keep(now)
         n = clamp(min(prev, max(held, keep)), obs.min_replicas, obs.max_replicas)
-        was_kept, self._kept = self._kept, keep if keep > held else 0
+        was_kept, self._kept = self._was_kept, keep if keep > held else 0
         if n >= prev:
             return self._hold(obs, clamp(prev, obs.min_replicas, obs.max_replicas), signals)
         reason = (f"{prev} -> {n}: scale-down, {self._why(obs, signals)}, the most wanted "
