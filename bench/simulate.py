@@ -66,7 +66,7 @@ def default_traces() -> Path:
 
 
 TRACES = default_traces()
-T0 = 1_700_000_000.0  # the simulated epoch
+T0 = 19_675 * 86400.0  # the simulated epoch: a UTC midnight, so times of day read plainly
 
 
 # ---- workloads --------------------------------------------------------------------------
