@@ -7,7 +7,13 @@ warm until its tail (99th percentile), each with a 10 % margin. When there are t
 when they are spread out (a low coefficient of variation of the bin counts) or when many fall
 beyond the histogram's range, fall back to a fixed keep-alive window.
 
-Pure: `IdleGaps` is fed arrival times; `window()` turns what it learned into a `KeepAlive`.
+An idle night is longer than the histogram's range, so the histogram cannot pre-warm for the
+morning. `DailyArrivals` covers that: it remembers the times of day at which the endpoint
+woke up after a long idle period and, when most recent days woke up at about the same time,
+expects the next one then (`expected(now)`), so the policy can pre-warm shortly before.
+
+Pure: `IdleGaps` is fed idle gaps and `window()` turns what it learned into a `KeepAlive`;
+`DailyArrivals` is fed wake-ups and `expected(now)` answers from them. Both are bounded.
 """
 
 from __future__ import annotations
@@ -127,6 +133,121 @@ class IdleGaps:
         return KeepAlive(prewarm_s, keep_s, f"pre-warm at {_fmt_s(prewarm_s)}, keep to "
                          f"{_fmt_s(keep_s)}: {n} idle gaps, p{s.head_percentile:g} {head}, "
                          f"p{s.tail_percentile:g} {tail}", bridge_s=s.bin_s)
+
+
+@dataclass(frozen=True)
+class DailySettings:
+    day_s: float = 86400.0
+    min_idle_s: float = 2 * 3600.0  # an idle period this long ends in a "wake-up"
+    tolerance_s: float = 900.0  # wake-ups this close in time of day are the same habit
+    min_days: int = 1  # days that woke at that time before it counts as a pattern
+    min_share: float = 0.8  # of the days with any wake-up in the history
+    max_per_day: float = 2.0  # more wake-ups a day than this (on average): random, no habit
+    days: int = 7  # history
+    lead_s: float = 120.0  # be warm this long before the earliest wake-up seen at that time
+    hold_s: float = 900.0  # and stay warm this long after the latest before giving up
+
+
+@dataclass(frozen=True)
+class DailyHabit:
+    """Wake-ups at about the same time of day: offsets from midnight (UTC), and support."""
+
+    earliest_s: float  # may be negative or over a day when the habit straddles midnight
+    latest_s: float
+    typical_s: float
+    days: int  # days that woke up within the habit
+    seen_days: int  # days with any wake-up in the history
+    wakeups: int  # in the history
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Arrivals expected: stay warm from `from_at` to `until_at` (absolute seconds)."""
+
+    from_at: float
+    until_at: float
+    reason: str
+
+
+def time_of_day(at: float, day_s: float) -> float:
+    return at % day_s
+
+
+def circular_offset(a_s: float, b_s: float, day_s: float) -> float:
+    """Signed shortest distance from time of day `b_s` to `a_s` (in [-day/2, day/2))."""
+    return (a_s - b_s + day_s / 2) % day_s - day_s / 2
+
+
+def daily_habit(wakeups: Sequence[float], s: DailySettings) -> DailyHabit | None:
+    """The time of day that the most days woke up at (within the tolerance), or None."""
+    if not wakeups:
+        return None
+    seen_days = len({int(w // s.day_s) for w in wakeups})
+    best: tuple[int, list[float]] | None = None
+    for center in wakeups:
+        c = time_of_day(center, s.day_s)
+        offsets = [circular_offset(time_of_day(w, s.day_s), c, s.day_s) for w in wakeups]
+        near = [(o, int(w // s.day_s)) for o, w in zip(offsets, wakeups, strict=True)
+                if abs(o) <= s.tolerance_s]
+        support = len({d for _, d in near})
+        if best is None or support > best[0]:
+            best = (support, [c + o for o, _ in near])
+    assert best is not None
+    support, times = best
+    times.sort()
+    return DailyHabit(times[0], times[-1], times[len(times) // 2], support, seen_days,
+                      len(wakeups))
+
+
+class DailyArrivals:
+    """When an endpoint wakes up after its idle periods of `min_idle_s` or more, by day."""
+
+    def __init__(self, settings: DailySettings | None = None) -> None:
+        self.settings = s = settings or DailySettings()
+        per_day = max(1, math.ceil(s.day_s / s.min_idle_s))  # at most this many wake-ups a day
+        self.wakeups: deque[float] = deque(maxlen=s.days * per_day)
+        self._habit: DailyHabit | None = None
+        self._learned = True
+
+    def note_wakeup(self, at: float, idle_s: float) -> None:
+        """A request at `at` after `idle_s` seconds without any."""
+        if idle_s >= self.settings.min_idle_s:
+            self.wakeups.append(at)
+            self._learned = False
+
+    def habit(self, now: float) -> DailyHabit | None:
+        s = self.settings
+        while self.wakeups and self.wakeups[0] <= now - s.days * s.day_s:
+            self.wakeups.popleft()
+            self._learned = False
+        if not self._learned:
+            self._habit, self._learned = daily_habit(list(self.wakeups), s), True
+        h = self._habit
+        if (h is None or h.days < s.min_days or h.days < s.min_share * h.seen_days
+                or h.wakeups > s.max_per_day * h.seen_days):
+            return None
+        return h
+
+    def expected(self, now: float) -> Expected | None:
+        """Arrivals expected about now by the daily pattern (None without a clear one)."""
+        s, h = self.settings, self.habit(now)
+        if h is None:
+            return None
+        midnight = now - time_of_day(now, s.day_s)
+        for day in (midnight - s.day_s, midnight, midnight + s.day_s):
+            from_at, until_at = day + h.earliest_s - s.lead_s, day + h.latest_s + s.hold_s
+            came = any(from_at <= w < until_at for w in self.wakeups)  # today's came
+            if from_at <= now < until_at and not came:
+                typical = time_of_day(h.typical_s, s.day_s)
+                return Expected(from_at, until_at, f"arrivals expected around "
+                                f"{_clock(typical)} UTC (daily pattern, {h.days} of last "
+                                f"{h.seen_days} days)")
+        return None
+
+
+def _clock(time_of_day_s: float) -> str:
+    minutes = int(time_of_day_s // 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _with_reason(k: KeepAlive, reason: str) -> KeepAlive:

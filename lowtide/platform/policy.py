@@ -9,7 +9,14 @@ The hybrid autoscaler of DESIGN.md ("Adaptive control"):
 - desired = max of the two, bounded by min/max replicas; up at once, down only to the highest
   want of the last `scale_down_delay_s`;
 - cold-start fast path: a wake at zero replicas goes straight to ceil(queued / limit);
-- zero: after the endpoint's keep-alive (`keepalive.py`), adaptive unless forced.
+- zero: after the endpoint's keep-alive (`keepalive.py`), adaptive unless forced;
+- instance keep-alive: replicas above one are instances too. When the load falls, the
+  instances the last batch of arrivals needed (at the replicas' limit) stay for the same
+  keep-alive window after they were last needed, and a pre-warm starts that many: an endpoint
+  called in parallel batches finds the whole batch's capacity warm, as the fixed keep-alive
+  would keep it, instead of one replica and a cold start for the rest;
+- daily pre-warm: an endpoint that woke up at about the same time on most recent days after
+  an idle night is warm shortly before that time (`keepalive.DailyArrivals`).
 
 `Autoscaler` holds one endpoint's recent samples (its windows and learned idle gaps) but reads
 no clock and does no I/O: `decide(obs, now)` is a function of the observations and the times
@@ -23,7 +30,15 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .keepalive import IdleGaps, KeepAlive, KeepAliveSettings, fixed
+from .keepalive import (
+    DailyArrivals,
+    DailySettings,
+    Expected,
+    IdleGaps,
+    KeepAlive,
+    KeepAliveSettings,
+    fixed,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class AutoscalerSettings:
     service_time_smoothing: float = 0.1
     keep_alive_s: float | None = None  # a forced fixed keep-alive; None: adaptive
     keep_alive: KeepAliveSettings = field(default_factory=KeepAliveSettings)
+    batch_window_s: float = 10.0  # a batch: the arrivals this close to the last one
+    daily: DailySettings = field(default_factory=DailySettings)
 
 
 # ---- named math -------------------------------------------------------------------------
@@ -139,6 +156,17 @@ def window_max(samples: Iterable[tuple[float, int]], now: float, span_s: float) 
     return max((v for t, v in samples if now - span_s < t <= now), default=0)
 
 
+def sliding_max_push(window: deque[tuple[float, int]], now: float, value: int,
+                     span_s: float) -> None:
+    """Add a sample to a monotone deque whose head is the most of the last `span_s` (and the
+    last time it was seen); the deque holds at most one entry per distinct value."""
+    while window and window[-1][1] <= value:
+        window.pop()
+    window.append((now, value))
+    while len(window) > 1 and window[0][0] <= now - span_s:
+        window.popleft()
+
+
 def clamp(n: int, lo: int, hi: int | None) -> int:
     n = max(n, lo)
     return n if hi is None else min(n, hi)
@@ -146,6 +174,10 @@ def clamp(n: int, lo: int, hi: int | None) -> int:
 
 def idle_seconds(obs: Observation, now: float) -> float:
     return max(0.0, now - obs.last_activity_at)
+
+
+def _fmt_ago(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _lag(obs: Observation) -> str:
@@ -167,26 +199,49 @@ class Autoscaler:
         self._seen_demand = 0
         self.service_s: float | None = None  # mean time a request holds a slot, learned
         self._first_seen_at: float | None = None
+        self.daily = DailyArrivals(self.settings.daily)
+        self._needs: deque[tuple[float, int]] = deque()  # instances needed, keep-alive span
+        self._batch: deque[tuple[float, int]] = deque()  # ... at the last batch's arrivals
+        self._kept = 0  # instances the instance keep-alive held at this decision
+        self._was_kept = 0  # ... at the previous one
 
     def keep_alive(self) -> KeepAlive:
         forced = self.settings.keep_alive_s
         return fixed(forced) if forced is not None else self.idle_gaps.window()
+
+    def expected(self, now: float) -> Expected | None:
+        """Arrivals expected about now by the daily pattern (never with a forced window)."""
+        return None if self.settings.keep_alive_s is not None else self.daily.expected(now)
+
+    def instance_keep(self, now: float) -> tuple[int, str]:
+        """Instances the instance keep-alive holds: what the last batch needed, while that
+        many were needed within the keep-alive window; and why."""
+        batch = max((n for _, n in self._batch), default=0)
+        kept, needed_at = (self._needs[0][1], self._needs[0][0]) if self._needs else (0, now)
+        n = min(batch, kept)
+        if n <= 1:
+            return n, ""
+        return n, (f"instance keep-alive: the last batch needed {batch} at the limit, {n} "
+                   f"needed {_fmt_ago(now - needed_at)} ago, keep {_fmt_ago(self._keep_s())}")
+
+    def _keep_s(self) -> float:
+        return self.keep_alive().keep_s
 
     def panicking(self, now: float) -> bool:
         return now < self._panic_until
 
     def decide(self, obs: Observation, now: float) -> Decision:
         self._learn(obs, now)
+        self._was_kept, self._kept = self._kept, 0
         return self._decide(obs, now)
 
     def _learn(self, obs: Observation, now: float) -> None:
         if self._first_seen_at is None:
             self._first_seen_at = now
         demand = obs.in_flight + obs.queued
+        need = replicas_for(demand, obs.limit)
         if obs.last_request_at > self._seen_request_at:
-            if self._seen_request_at > 0 and self._seen_demand == 0:
-                self.idle_gaps.note_idle_gap(obs.last_request_at - self._seen_activity_at)
-            self._seen_request_at = obs.last_request_at
+            self._note_arrival(obs, now, need)
         self._seen_activity_at, self._seen_demand = obs.last_activity_at, demand
         if obs.queued == 0 and obs.arrival_rate_per_s > 0 and obs.ready > 0:
             self.service_s = smoothed(self.service_s, obs.in_flight / obs.arrival_rate_per_s,
@@ -194,10 +249,26 @@ class Autoscaler:
         self._concurrency.append((now, demand_concurrency(
             obs.in_flight, obs.queued, obs.arrival_rate_per_s, self.service_s,
             self.settings.drain_s)))
+        sliding_max_push(self._needs, now, need, self._keep_s())
         horizon = now - max(self.settings.stable_window_s, self.settings.scale_down_delay_s)
         for window in (self._concurrency, self._wants):
             while window and window[0][0] <= horizon:
                 window.popleft()
+
+    def _note_arrival(self, obs: Observation, now: float, need: int) -> None:
+        """New arrivals: an idle gap ended (histogram, daily wake-ups), a batch goes on."""
+        if self._seen_demand == 0 and self._seen_request_at > 0:
+            gap_s = obs.last_request_at - self._seen_activity_at
+            self.idle_gaps.note_idle_gap(gap_s)
+            self.daily.note_wakeup(obs.last_request_at, gap_s)
+        elif self._seen_demand == 0 and self._first_seen_at is not None:
+            # the first request seen: idle since this policy started watching
+            self.daily.note_wakeup(obs.last_request_at,
+                                   obs.last_request_at - self._first_seen_at)
+        self._seen_request_at = obs.last_request_at
+        self._batch.append((now, need))
+        while self._batch[0][0] <= now - self.settings.batch_window_s:
+            self._batch.popleft()
 
     def _decide(self, obs: Observation, now: float) -> Decision:
         s, prev = self.settings, obs.desired
@@ -232,13 +303,28 @@ class Autoscaler:
                 return Decision(n, "scale-up", f"{prev} -> {n}: scale-up, "
                                 f"{self._why(obs, signals)}{_lag(obs)}", signals)
         elif want < prev and self._watched_for(now, s.scale_down_delay_s):
-            held = max(want, window_max(self._wants, now, s.scale_down_delay_s))
-            n = clamp(min(prev, held), lo, hi)
-            if n < prev:
-                return Decision(n, "scale-down", f"{prev} -> {n}: scale-down, "
-                                f"{self._why(obs, signals)}, the most wanted in the last "
-                                f"{s.scale_down_delay_s:g} s", signals)
+            return self._scale_down(obs, now, want, signals)
         return self._hold(obs, clamp(prev, lo, hi), signals)
+
+    def _scale_down(self, obs: Observation, now: float, want: int,
+                    signals: Signals) -> Decision:
+        """Down to the most wanted of the scale-down delay, but not below the instances the
+        instance keep-alive holds."""
+        s, prev = self.settings, obs.desired
+        held = max(want, window_max(self._wants, now, s.scale_down_delay_s))
+        keep, keep_why = self.instance_keep(now)
+        n = clamp(min(prev, max(held, keep)), obs.min_replicas, obs.max_replicas)
+        was_kept, self._kept = self._was_kept, keep if keep > held else 0
+        if n >= prev:
+            return self._hold(obs, clamp(prev, obs.min_replicas, obs.max_replicas), signals)
+        reason = (f"{prev} -> {n}: scale-down, {self._why(obs, signals)}, the most wanted "
+                  f"in the last {s.scale_down_delay_s:g} s")
+        if self._kept:
+            reason += f"; keeps {n}: {keep_why}"
+        elif was_kept > n:
+            reason += f"; instance keep-alive over: {was_kept} last needed more than " \
+                      f"{_fmt_ago(self._keep_s())} ago"
+        return Decision(n, "scale-down", reason, signals)
 
     def _watched_for(self, now: float, span_s: float) -> bool:
         """A scale down needs this much history (none after a restart of the platform)."""
@@ -273,10 +359,14 @@ class Autoscaler:
         if obs.in_flight + obs.queued > 0 or signals.panic:
             return None
         ka, idle_s = self.keep_alive(), idle_seconds(obs, now)
+        expected = self.expected(now)
+        if expected is not None:  # warm through the window the daily pattern expects
+            return self._prewarm(obs, now, f"prewarm, {expected.reason}", signals) \
+                if prev == 0 else None
         if ka.warm_at(idle_s):
-            if prev == 0 and lo == 0 and idle_s >= ka.prewarm_s > 0:
-                return Decision(1, "prewarm", f"0 -> 1: prewarm, idle {idle_s / 60:.1f} min; "
-                                f"{ka.reason}", signals)
+            if prev == 0 and idle_s >= ka.prewarm_s > 0:
+                return self._prewarm(obs, now, f"prewarm, idle {idle_s / 60:.1f} min; "
+                                     f"{ka.reason}", signals)
             return None
         if prev <= lo:
             return None
@@ -285,6 +375,16 @@ class Autoscaler:
                             f"until pre-warm; {ka.reason}", signals)
         return Decision(lo, "idle", f"{prev} -> {lo}: idle {idle_s:.1f} s >= keep-alive "
                         f"{ka.keep_s:g} s ({ka.reason})", signals)
+
+    def _prewarm(self, obs: Observation, now: float, why: str,
+                 signals: Signals) -> Decision | None:
+        """From zero to one replica, or to the instances the last batch needed."""
+        keep, keep_why = self.instance_keep(now)
+        n = clamp(max(1, keep), obs.min_replicas, obs.max_replicas)
+        if n <= obs.desired:
+            return None
+        extra = f"; {keep_why}" if keep > 1 else ""
+        return Decision(n, "prewarm", f"{obs.desired} -> {n}: {why}{extra}", signals)
 
     def _why(self, obs: Observation, signals: Signals) -> str:
         s = self.settings

@@ -5,16 +5,24 @@ from __future__ import annotations
 import pytest
 
 from lowtide.platform.keepalive import (
+    DailyArrivals,
+    DailySettings,
     IdleGaps,
     KeepAlive,
     KeepAliveSettings,
     bin_counts,
+    circular_offset,
     coefficient_of_variation,
+    daily_habit,
     fixed,
     percentile,
 )
 
 SETTINGS = KeepAliveSettings()
+DAILY = DailySettings()
+DAY_S = 86400.0
+MIDNIGHT = 19_000 * DAY_S  # a UTC midnight: times of day below read as clock times
+NIGHT_S = 8 * 3600.0
 
 
 @pytest.mark.parametrize(
@@ -139,3 +147,92 @@ def test_old_gaps_fade_out() -> None:
 
 def test_a_forced_window_says_so() -> None:
     assert fixed(4.0) == KeepAlive(0.0, 4.0, "fixed by --keep-alive")
+
+
+# ---- the daily pattern ------------------------------------------------------------------
+def at(day: int, clock: str) -> float:
+    """Seconds since the epoch of `clock` (HH:MM) on `day` after MIDNIGHT."""
+    hours, minutes = clock.split(":")
+    return MIDNIGHT + day * DAY_S + int(hours) * 3600 + int(minutes) * 60
+
+
+@pytest.mark.parametrize(
+    ("a_s", "b_s", "expected"),
+    [(100.0, 40.0, 60.0), (40.0, 100.0, -60.0), (60.0, DAY_S - 60, 120.0),
+     (DAY_S - 60, 60.0, -120.0), (0.0, DAY_S / 2, -DAY_S / 2)],
+)
+def test_circular_offset(a_s: float, b_s: float, expected: float) -> None:
+    assert circular_offset(a_s, b_s, DAY_S) == pytest.approx(expected)
+
+
+def daily(wakeups: list[float], idle_s: float = NIGHT_S,
+          settings: DailySettings = DAILY) -> DailyArrivals:
+    d = DailyArrivals(settings)
+    for w in wakeups:
+        d.note_wakeup(w, idle_s)
+    return d
+
+
+MORNINGS = [at(0, "06:00"), at(1, "06:05"), at(2, "06:02")]
+
+
+@pytest.mark.parametrize(
+    ("wakeups", "now", "expected"),
+    [
+        ([], at(1, "05:59"), False),
+        # one idle night ended at 06:00: the next morning is warm from 05:58 to 06:15
+        ([at(0, "06:00")], at(1, "05:57"), False),
+        ([at(0, "06:00")], at(1, "05:58"), True),
+        ([at(0, "06:00")], at(1, "06:14"), True),
+        ([at(0, "06:00")], at(1, "06:15"), False),  # it did not come: give up
+        ([at(0, "06:00")], at(0, "06:05"), False),  # the same day: it has come already
+        ([at(0, "06:00")], at(1, "12:00"), False),
+        # three mornings within a few minutes: warm from the earliest less the lead time
+        (MORNINGS, at(3, "05:57"), False),
+        (MORNINGS, at(3, "05:58"), True),
+        (MORNINGS, at(3, "06:19"), True),  # until the latest plus the hold
+        (MORNINGS, at(3, "06:20"), False),
+        ([*MORNINGS, at(3, "06:01")], at(3, "06:03"), False),  # today's came
+        # a habit across midnight
+        ([at(0, "23:55"), at(2, "00:05")], at(3, "23:53"), True),
+        ([at(0, "23:55"), at(2, "00:05")], at(3, "22:00"), False),
+        # no habit: each day at another time, or many wake-ups a day (random arrivals)
+        ([at(0, "06:00"), at(1, "14:00"), at(2, "22:00")], at(3, "05:59"), False),
+        ([at(0, "06:00"), at(1, "14:00"), at(2, "22:00")], at(3, "13:59"), False),
+        ([at(0, "01:00"), at(0, "04:00"), at(0, "08:00")], at(1, "00:59"), False),
+        # one day in five broke the habit: still 4 of 5 (80 %); two in five: not
+        ([at(d, "06:00") for d in range(4)] + [at(4, "11:00")], at(5, "05:59"), True),
+        ([at(d, "06:00") for d in range(3)] + [at(3, "11:00"), at(4, "16:00")],
+         at(5, "05:59"), False),
+    ],
+)
+def test_daily_expected(wakeups: list[float], now: float, expected: bool) -> None:
+    assert (daily(wakeups).expected(now) is not None) is expected
+
+
+def test_daily_reason_names_the_time_and_the_days() -> None:
+    e = daily(MORNINGS).expected(at(3, "05:59"))
+    assert e is not None
+    assert e.reason == "arrivals expected around 06:02 UTC (daily pattern, 3 of last 3 days)"
+    assert (e.from_at, e.until_at) == (at(3, "05:58"), at(3, "06:20"))
+
+
+def test_short_idle_periods_are_not_wake_ups() -> None:
+    assert not daily([at(0, "06:00")], idle_s=DAILY.min_idle_s - 1).wakeups
+    assert daily([at(0, "06:00")], idle_s=DAILY.min_idle_s).wakeups
+
+
+def test_the_daily_history_is_bounded_and_forgets_old_days() -> None:
+    d = daily([at(day, "06:00") + hour * 3600 for day in range(30) for hour in range(0, 24, 2)])
+    per_day = DAY_S / DAILY.min_idle_s
+    assert len(d.wakeups) <= DAILY.days * per_day
+    d = daily([at(0, "06:00")])
+    assert d.expected(at(DAILY.days + 1, "05:59")) is None  # a week later: forgotten
+    assert not d.wakeups
+
+
+def test_daily_habit_takes_the_time_most_days_share() -> None:
+    h = daily_habit([at(0, "06:00"), at(1, "09:00"), at(2, "06:10"), at(3, "06:05")], DAILY)
+    assert h is not None
+    assert (h.days, h.seen_days, h.wakeups) == (3, 4, 4)
+    assert (h.earliest_s, h.latest_s) == (6 * 3600, 6 * 3600 + 600)

@@ -410,3 +410,188 @@ def test_a_day_endpoint_goes_to_zero_at_night() -> None:
     ep.run(3600, 3600 + 1200, in_flight=0)  # night
     assert ep.desired == 0
     assert ep.changes()[-1][2] == "idle"
+
+
+# ---- instance keep-alive ----------------------------------------------------------------
+def drain_batch(ep: FakeEndpoint, start_s: int, size: int, drain_s: int) -> None:
+    """A batch of `size` requests arrives at once (on warm replicas if any, else queued) and
+    finishes one by one over `drain_s` seconds; no other request arrives."""
+    if ep.desired:
+        ep.request(start_s, in_flight=size, limit=8)
+    else:
+        ep.request(start_s, queued=size, limit=8)
+    for t in range(start_s + 1, start_s + drain_s):
+        left = size - (t - start_s) * size // drain_s
+        ep.step(t, in_flight=left, limit=8)
+    ep.last_activity_at = T0 + start_s + drain_s
+
+
+@pytest.mark.parametrize(
+    ("size", "keep_alive_s", "desired_at_next_batch"),
+    [
+        (16, 600.0, 2),  # two instances at the limit: both stay for the keep-alive
+        (16, 100.0, 0),  # the keep-alive ran out before the next batch: all gone
+        (4, 600.0, 1),  # one instance was enough: one stays
+        (40, 600.0, 5),  # five
+    ],
+)
+def test_instance_keep_alive_keeps_the_last_batch_warm(size: int, keep_alive_s: float,
+                                                       desired_at_next_batch: int) -> None:
+    ep = FakeEndpoint(Autoscaler(AutoscalerSettings(keep_alive_s=keep_alive_s)))
+    drain_batch(ep, 0, size, 300)
+    ep.run(300, 500, limit=8)
+    assert ep.desired == desired_at_next_batch
+    drain_batch(ep, 500, size, 300)
+    woke = [e for e in ep.changes() if e[0] >= 500 and e[2] == "wake"]
+    assert bool(woke) is (desired_at_next_batch == 0)  # a batch on warm replicas: no wake
+
+
+def test_instance_keep_alive_does_not_hold_a_load_that_fell() -> None:
+    """Sustained arrivals that fall from 16 to 2 in flight: the normal path scales down; the
+    instance keep-alive holds only what the latest arrivals needed."""
+    ep = FakeEndpoint(Autoscaler(AutoscalerSettings(panic_threshold=100.0)))
+    ep.request(0, queued=16, limit=8)
+    for t in range(1, 120):
+        ep.request(t, in_flight=16, limit=8)
+    for t in range(120, 400):
+        ep.request(t, in_flight=2, limit=8)
+    assert ep.desired == 1
+
+
+def test_instance_keep_alive_reasons() -> None:
+    ep = FakeEndpoint(Autoscaler(AutoscalerSettings(keep_alive_s=600.0)))
+    drain_batch(ep, 0, 40, 300)
+    decisions = [ep.step(t, limit=8) for t in range(300, 1000)]
+    reasons = [d.reason for d in decisions if d.kind != "steady"]
+    # each instance goes its keep-alive after it was last needed, one by one, and says so
+    assert [r.split(":")[0] for r in reasons] == ["5 -> 4", "4 -> 3", "3 -> 2", "2 -> 1",
+                                                  "1 -> 0"]
+    assert "; keeps 4: instance keep-alive: the last batch needed 5 at the limit, 4 needed " \
+           "9.0 min ago, keep 10.0 min" in reasons[0]
+    assert reasons[3].endswith("instance keep-alive over: 2 last needed more than 10.0 min ago")
+    assert reasons[4].startswith("1 -> 0: idle 600.0 s >= keep-alive 600 s")
+    for d in decisions:
+        if d.kind != "steady":
+            assert re.match(rf"\d+ -> {d.desired}: {d.kind}\b", d.reason), d
+
+
+def test_a_batch_endpoint_is_pre_warmed_with_the_instances_its_batches_need() -> None:
+    """Every 15 minutes 16 requests at once (limit 8): once the gaps show the pattern, the
+    policy unloads after a batch and pre-warms both instances before the next."""
+    ep = FakeEndpoint(Autoscaler())
+    period_s, t = 900, 0
+    for _ in range(8):
+        if ep.desired:
+            ep.request(t, in_flight=16, limit=8)
+        else:
+            ep.request(t, queued=16, limit=8)
+        ep.run(t + 1, t + period_s, limit=8)
+        t += period_s
+    late = [e for e in ep.changes() if e[0] >= 6 * period_s]
+    assert [(d, k) for _, d, k in late] == [(0, "idle"), (2, "prewarm")] * 2, late
+    prewarm = ep.policy.decide(obs(desired=0, limit=8, last_activity_at=T0 + t - period_s,
+                                   last_request_at=T0 + t - period_s),
+                               T0 + t - 60)
+    assert prewarm.kind == "prewarm" and "the last batch needed 2" in prewarm.reason
+
+
+# ---- daily pre-warm ---------------------------------------------------------------------
+DAY_S = 86400.0
+MIDNIGHT = 19_000 * DAY_S  # a UTC midnight
+
+
+def run_days(arrivals: list[float], days: int, tick_s: float = 60.0
+             ) -> list[tuple[float, int, Decision]]:
+    """Steps a policy over whole days from MIDNIGHT; each arrival is served within its tick.
+    Returns (time, desired before the decision, decision) for every tick."""
+    policy, desired, log = Autoscaler(), 0, []
+    last_request = last_activity = 0.0
+    pending = sorted(arrivals)
+    t = MIDNIGHT
+    while t < MIDNIGHT + days * DAY_S:
+        queued = 0
+        while pending and pending[0] < t + tick_s:
+            last_request = last_activity = pending.pop(0)
+            queued += 1
+        seen = Observation(desired=desired, ready=desired, starting=0,
+                           queued=queued if desired == 0 else 0, oldest_wait_s=0.0,
+                           in_flight=queued if desired else 0,
+                           last_activity_at=last_activity or MIDNIGHT, limit=4,
+                           last_request_at=last_request)
+        decision = policy.decide(seen, t)
+        log.append((t, desired, decision))
+        desired = decision.desired
+        t += tick_s
+    return log
+
+
+def at(day: int, hours: float) -> float:
+    return MIDNIGHT + day * DAY_S + hours * 3600
+
+
+def office_hours(days: int, first: list[float]) -> list[float]:
+    """A request every 2 minutes from `first[day]` (hours) to 22:00; idle at night."""
+    return [at(d, h / 60) for d in range(days) for h in range(int(first[d] * 60), 22 * 60, 2)]
+
+
+def first_arrival_warm(log: list[tuple[float, int, Decision]], arrival: float) -> bool:
+    return next(before for t, before, _ in log if t + 60 > arrival) > 0
+
+
+def daily_prewarm_days(log: list[tuple[float, int, Decision]]) -> set[int]:
+    return {int((t - MIDNIGHT) // DAY_S) for t, _, d in log
+            if d.kind == "prewarm" and "daily pattern" in d.reason}
+
+
+def test_a_day_endpoint_is_zero_at_night_and_warm_before_the_first_morning_request() -> None:
+    firsts = [6.02, 6.05, 6.03, 6.04]  # 06:01, 06:03, 06:01, 06:02
+    log = run_days(office_hours(4, firsts), 4)
+    for day in range(1, 4):
+        assert first_arrival_warm(log, at(day, firsts[day])), f"day {day}"
+        night = [before for t, before, _ in log if at(day, 1) <= t < at(day, 5.5)]
+        assert set(night) == {0}, f"day {day}: replicas during the night"
+    assert not first_arrival_warm(log, at(0, firsts[0]))  # the first day: nothing to go by
+    assert daily_prewarm_days(log) == {1, 2, 3}
+    reasons = [d.reason for _, _, d in log if d.kind == "prewarm"]
+    assert reasons[0] == ("0 -> 1: prewarm, arrivals expected around 06:01 UTC (daily "
+                          "pattern, 1 of last 1 days)")
+    assert reasons[-1].endswith("(daily pattern, 3 of last 3 days)")
+    for _, before, d in log:  # every change says what changed, as the event log shows it
+        if d.desired != before:
+            assert re.match(rf"{before} -> {d.desired}: {d.kind}\b", d.reason), d
+
+
+def random_arrivals(days: int, per_day: float, seed: int) -> list[float]:
+    import random
+
+    rng, t, out = random.Random(seed), MIDNIGHT, []
+    while True:
+        t += rng.expovariate(per_day / DAY_S)
+        if t >= MIDNIGHT + days * DAY_S:
+            return out
+        out.append(t)
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "no_prewarm_from_day"),
+    [
+        (random_arrivals(5, 6.0, seed=1), 0),  # several idle periods a day, random times
+        (random_arrivals(5, 6.0, seed=2), 0),
+        (random_arrivals(6, 1.0, seed=3), 2),  # about one a day at random: one guess at most
+        (random_arrivals(6, 1.0, seed=4), 2),
+        (random_arrivals(3, 2000.0, seed=5), 0),  # busy day and night: no wake-ups
+    ],
+)
+def test_no_daily_prewarm_without_a_pattern(arrivals: list[float],
+                                            no_prewarm_from_day: int) -> None:
+    days = int((max(arrivals) - MIDNIGHT) // DAY_S) + 1
+    prewarms = daily_prewarm_days(run_days(arrivals, days))
+    assert not [d for d in prewarms if d >= no_prewarm_from_day], prewarms
+
+
+def test_a_forced_keep_alive_has_no_daily_prewarm() -> None:
+    policy = Autoscaler(AutoscalerSettings(keep_alive_s=KEEP_ALIVE_S))
+    policy.daily.note_wakeup(at(0, 6), 8 * 3600)
+    assert Autoscaler().daily.expected(at(1, 6)) is None
+    assert policy.daily.expected(at(1, 5.99)) is not None
+    assert policy.expected(at(1, 5.99)) is None
