@@ -53,6 +53,10 @@ class UnsupportedMediaType(HTTPError):
     status, error = 415, "unsupported media type"
 
 
+class TooManyRequests(HTTPError):
+    status, error = 429, "too many requests"
+
+
 class Unavailable(HTTPError):
     status, error = 503, "unavailable"
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,29 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 
 TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds the function may run
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects in an invoke body
+
+# a JSON string (skipped whole, so brackets inside it do not count) or one bracket
+_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_OPENERS = frozenset(b"[{")
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays/objects more than `limit` deep, found before parsing
+    it (a deep document would make the parser recurse). Cheap for ordinary bodies: fewer
+    brackets than the limit cannot nest deeper than it."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for m in _JSON_NESTING.finditer(body):
+        first = m.group()[0]
+        if first in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif first != 0x22:  # a closing bracket ('"' starts a string)
+            depth -= 1
+    return False
 
 
 @dataclass(frozen=True)

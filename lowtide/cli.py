@@ -102,8 +102,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pl.add_argument("--host", default=_env(env, "LOWTIDE_PLATFORM_HOST", "127.0.0.1"))
     pl.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_PLATFORM_PORT",
                                                              "8081"))
+    pl.add_argument("--token-sha256", default=_env(env, "LOWTIDE_TOKEN_SHA256", ""),
+                    metavar="HEX", help="hex SHA-256 of the API bearer token (env "
+                    "LOWTIDE_TOKEN_SHA256): the platform then never sees the token")
     pl.add_argument("--token", default=_env(env, "LOWTIDE_TOKEN", ""),
-                    help="API bearer token (env LOWTIDE_TOKEN)")
+                    help="API bearer token, hashed at start and not kept (env LOWTIDE_TOKEN); "
+                    "prefer --token-sha256")
     pl.add_argument("--public-url", default=_env(env, "LOWTIDE_PUBLIC_URL",
                                                  "http://127.0.0.1:8080"),
                     help="activator URL shown in invoke URLs (env LOWTIDE_PUBLIC_URL)")
@@ -125,6 +129,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", "120"),
                     help="how long a request may wait for a replica, cold starts included "
                     "(default 120)")
+    ac.add_argument("--max-queue", type=_positive_int,
+                    default=_env(env, "LOWTIDE_MAX_QUEUE", "10000"),
+                    help="requests queued per endpoint (about) before new ones get 429 "
+                    "(default 10000)")
     ac.add_argument("--workers", type=_positive_int,
                     default=_env(env, "LOWTIDE_ACTIVATOR_WORKERS", "1"),
                     help="processes serving the port, with SO_REUSEPORT (default 1)")
@@ -221,12 +229,16 @@ def cmd_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from ._auth import token_digest
     from ._run import run
     from .platform.main import serve
     from .platform.settings import PlatformSettings
 
+    digest = args.token_sha256.strip().lower() or (token_digest(args.token) if args.token
+                                                   else "")
+    args.token = None  # only the digest goes further
     settings = PlatformSettings(
-        redis_url=_need_redis(args), token=args.token, host=args.host, port=args.port,
+        redis_url=_need_redis(args), token_sha256=digest, host=args.host, port=args.port,
         public_activator_url=args.public_url,
         keep_alive_s=None if args.keep_alive is None else float(args.keep_alive))
     _setup_logging(args.log_level)
@@ -240,7 +252,8 @@ def cmd_activator(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     settings = ActivatorSettings(redis_url=_need_redis(args), host=args.host, port=args.port,
                                  public_url=args.public_url, max_body_bytes=args.max_body_bytes,
-                                 max_queue_wait_s=args.max_queue_wait, workers=args.workers)
+                                 max_queue_wait_s=args.max_queue_wait, workers=args.workers,
+                                 max_queued=args.max_queue)
     _setup_logging(args.log_level)
     return run_activator(settings)
 

@@ -32,9 +32,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import _keys
+from .._auth import check_invoke
 from .._http import (
     BadRequest,
     NotFound,
+    TooManyRequests,
     Unavailable,
     UnsupportedMediaType,
     add_health_routes,
@@ -43,15 +45,19 @@ from .._http import (
 )
 from .._protocol import (
     JSON,
+    MAX_JSON_DEPTH,
     OCTETS,
     TIMEOUT_HEADER,
     QueuedRequest,
     Result,
     error_result,
+    json_too_deep,
     timeout_result,
 )
 from .._spec import NAME_PATTERN
 from ..limiter import BUSY_HEADER
+from ..openapi import add_openapi_route
+from .backlog import RETRY_AFTER_S, Backlog
 from .metrics import RoutesCollector
 from .replies import ReplyHub
 from .routes import EndpointRoute, ReplicaRoute, Routes, pick
@@ -82,9 +88,11 @@ def check_body(content_type: str, body: bytes) -> None:
         raise UnsupportedMediaType(f"content type {media!r} is not accepted: send "
                                    "application/json or application/octet-stream")
     if body.strip():
+        if json_too_deep(body, MAX_JSON_DEPTH):
+            raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
 
@@ -106,6 +114,7 @@ class Activator:
         self.session: aiohttp.ClientSession | None = None
         self._arrivals: dict[str, int] = defaultdict(int)
         self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
+        self.backlog = Backlog(settings.max_queued)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RoutesCollector(self.routes, self.waiting))
 
@@ -134,6 +143,7 @@ class Activator:
         started = time.perf_counter()
         name = request.match_info["name"]
         endpoint = await self._endpoint(name)
+        check_invoke(endpoint.access, request.headers.get("Authorization"), name)
         body = await request.read()
         content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
@@ -162,6 +172,7 @@ class Activator:
         if not REQUEST_ID.match(request_id):
             raise NotFound(f"no request with id {request_id!r}")
         try:
+            await self._check_request_access(request, request_id)
             result = await self.replies.stored(request_id)
             if result is not None:
                 return web.Response(status=result.status, body=result.body,
@@ -176,6 +187,14 @@ class Activator:
                        f"{_keys.RESULT_TTL_S} s)")
 
     # ---- pieces -----------------------------------------------------------------------
+    async def _check_request_access(self, request: web.Request, request_id: str) -> None:
+        """The result of a key endpoint's request needs a key of that endpoint, while the
+        request is known (REQUEST_TTL_S); past that the id itself is the capability."""
+        name = await self.redis.get(_keys.request(request_id))
+        endpoint = await self.routes.get(name.decode()) if name else None
+        if endpoint is not None:
+            check_invoke(endpoint.access, request.headers.get("Authorization"), endpoint.name)
+
     async def _endpoint(self, name: str) -> EndpointRoute:
         if not NAME_PATTERN.fullmatch(name):
             raise NotFound(f"no endpoint named {name!r}")
@@ -197,9 +216,11 @@ class Activator:
         try:
             value = float(raw)
         except ValueError:
-            raise BadRequest(f"{TIMEOUT_HEADER}={raw!r} is not a number of seconds") from None
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw[:40]!r} is not a number of seconds"
+                             ) from None
         if not 0 < value <= limit:
-            raise BadRequest(f"{TIMEOUT_HEADER}={raw} must be in (0, {limit:g}]")
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw[:40]} must be seconds in (0, {limit:g}] "
+                             "(at most the endpoint's timeout)")
         return value
 
     def _base_url(self, request: web.Request) -> str:
@@ -236,6 +257,11 @@ class Activator:
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,
                       request_id: str = "") -> str:
         """Append the request to the endpoint's stream; wake the platform when it is cold."""
+        if self.backlog.full(endpoint.name):
+            raise TooManyRequests(
+                f"{endpoint.name!r} has about {self.backlog.depth(endpoint.name)} requests "
+                f"queued, the limit is {self.settings.max_queued}; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)})
         request_id = request_id or uuid.uuid4().hex
         entry = QueuedRequest(request_id, call.content_type, call.body, call.start_by,
                               call.timeout_s, reply_to)
@@ -249,6 +275,7 @@ class Activator:
         except RedisError as exc:
             raise Unavailable(f"cannot buffer the request, Redis is unreachable: {exc}",
                               headers={"Retry-After": "1"}) from None
+        self.backlog.add(endpoint.name)
         return request_id
 
     async def _buffer_and_wait(self, endpoint: EndpointRoute, call: Call) -> Result:
@@ -278,5 +305,6 @@ def build_app(activator: Activator) -> web.Application:
     app.router.add_post("/fn/{name}", activator.invoke)
     app.router.add_get("/requests/{id}", activator.request_status)
     add_health_routes(app, "activator", extra_registry=activator.registry)
+    add_openapi_route(app, "activator")
     return app
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from .. import _keys
+from .._auth import Access
 from .._redis import follow
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 
@@ -60,6 +61,7 @@ class EndpointRoute:
     version: int
     timeout_s: float
     replicas: dict[str, ReplicaRoute] = field(default_factory=dict)
+    access: Access = field(default_factory=Access)  # who may invoke: mode and key digests
 
     def ready(self) -> list[ReplicaRoute]:
         return [r for r in self.replicas.values() if r.healthy]
@@ -110,9 +112,23 @@ class Routes:
                 route.no_load_ms = kept.no_load_ms
                 route.requests = kept.requests
             replicas[route.id] = route
-        endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas)
+        endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
+                                 await self._access(name, spec))
         self.endpoints[name] = endpoint
         return endpoint
+
+    async def _access(self, name: str, spec: dict[str, object]) -> Access:
+        """The endpoint's access mode and its keys' digests (read with the route, so a key
+        check on the request path needs no Redis command)."""
+        mode = str(spec.get("access") or "public")
+        if mode == "public":
+            return Access(mode)
+        raw = await self.redis.hgetall(_keys.invoke_keys(name))
+        keys = {}
+        for value in raw.values():
+            rec = json.loads(value)
+            keys[str(rec["id"])] = bytes.fromhex(rec["sha256"])
+        return Access(mode, keys)
 
     async def invalidate(self, name: str) -> None:
         """Forget the cached view at once (a request meanwhile reads Redis), then reload."""
