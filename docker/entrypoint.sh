@@ -16,7 +16,7 @@ case "$command" in
     platform) health_port=${LOWTIDE_PLATFORM_PORT:-8081} ;;
     activator) health_port=${LOWTIDE_ACTIVATOR_PORT:-8080} ;;
     agent) health_port=${LOWTIDE_AGENT_PORT:-8082} ;;
-    ""|-*|up|deploy|ls|status|invoke|logs|delete) exec lowtide "$@" ;;
+    ""|-*|up|deploy|ls|status|invoke|logs|delete|keys|access) exec lowtide "$@" ;;
     *) exec "$@" ;;
 esac
 echo "$health_port" >/tmp/lowtide-health-port

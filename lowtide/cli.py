@@ -165,6 +165,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     de.add_argument("--min-replicas", type=int, default=0)
     de.add_argument("--max-replicas", type=int, default=None)
     de.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    de.add_argument("--access", choices=["public", "key"], default="public",
+                    help="who may invoke: anyone with the URL (public, default) or callers "
+                    "with an invoke key (key; create keys with `lowtide keys create NAME`)")
     de.add_argument("--wait", action="store_true",
                     help="wait until the function is built (and min replicas are ready)")
 
@@ -177,11 +180,29 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     iv.add_argument("payload", nargs="?", default="{}", help="JSON (default {})")
     iv.add_argument("--async", dest="is_async", action="store_true",
                     help="submit and print the request id")
+    iv.add_argument("--key", default=_env(env, "LOWTIDE_KEY", ""),
+                    help="invoke key, for an endpoint whose access is 'key' (env LOWTIDE_KEY)")
     lg = sub.add_parser("logs", help="replica output of an endpoint")
     lg.add_argument("name")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     dl = sub.add_parser("delete", help="delete an endpoint")
     dl.add_argument("name")
+    ke = sub.add_parser("keys", help="create, list or revoke an endpoint's invoke keys",
+                        description="Invoke keys of an endpoint whose access is 'key' "
+                        "(`lowtide access NAME key`). A key is printed once, at creation; "
+                        "only its hash is stored. Revoked keys are refused within a second.")
+    ke_sub = ke.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kc = ke_sub.add_parser("create", help="create a key and print it (only this once)")
+    kc.add_argument("name")
+    kc.add_argument("--label", default="", help="what the key is for (shown by ls)")
+    kl = ke_sub.add_parser("ls", help="list keys: ids, labels, creation times")
+    kl.add_argument("name")
+    kr = ke_sub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("name")
+    kr.add_argument("key_id", help="the id `lowtide keys ls NAME` shows")
+    acc = sub.add_parser("access", help="make an endpoint public or key-protected")
+    acc.add_argument("name")
+    acc.add_argument("mode", choices=["public", "key"])
     return p
 
 
@@ -313,7 +334,7 @@ def cmd_deploy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     client = _client()
     options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu,
                    requirements=args.requirements, min_replicas=args.min_replicas,
-                   max_replicas=args.max_replicas, timeout=args.timeout)
+                   max_replicas=args.max_replicas, timeout=args.timeout, access=args.access)
     with console.status("uploading...") if console.is_terminal else _nothing():
         ep = client.deploy(fn, args.name, **options)
     if args.wait:
@@ -403,8 +424,11 @@ def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     url = client.invoke_url(args.name)
     params = {"async": "1"} if args.is_async else None
     try:
+        headers = {"Content-Type": "application/json"}
+        if args.key:
+            headers["Authorization"] = f"Bearer {args.key}"
         response = httpx.post(url, content=args.payload, params=params, timeout=3700,
-                              headers={"Content-Type": "application/json"})
+                              headers=headers)
     except httpx.TransportError as exc:
         raise ValueError(f"cannot reach {url}: {exc}; is `lowtide up` running?") from None
     if args.is_async and response.status_code == 202:
@@ -436,8 +460,33 @@ def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    client = _client()
+    if args.keys_command == "create":
+        info = client.create_key(args.name, args.label)
+        print(info["key"])
+        print(f"key {info['id']} of {args.name}: {info['note']}", file=sys.stderr)
+    elif args.keys_command == "ls":
+        keys = client.keys(args.name)
+        if not keys:
+            print(f"no keys; create one with `lowtide keys create {args.name}`")
+        for k in keys:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["created_at"] or 0))
+            print(f"{k['id']}  {at}  {k['label']}")
+    else:
+        client.revoke_key(args.name, args.key_id)
+        print(f"revoked key {args.key_id} of {args.name}")
+    return 0
+
+
+def cmd_access(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    info = _client().set_access(args.name, args.mode)
+    print(f"{info['name']}: access {info['access']}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up, "platform": cmd_platform, "activator": cmd_activator, "agent": cmd_agent,
     "deploy": cmd_deploy, "ls": cmd_ls, "status": cmd_status, "invoke": cmd_invoke,
-    "logs": cmd_logs, "delete": cmd_delete,
+    "logs": cmd_logs, "delete": cmd_delete, "keys": cmd_keys, "access": cmd_access,
 }
