@@ -71,7 +71,7 @@ class Apps:
         platform = PlatformSettings(redis_url=self.redis_url,
                                     token_sha256=token_digest(self.token), port=0)
         prunner = await serve_app(build_platform(platform, redis, scaler), "127.0.0.1", 0)
-        self.platform_url = "http://127.0.0.1:%d" % prunner.addresses[0][1]
+        self.platform_url = f"http://127.0.0.1:{prunner.addresses[0][1]}"
         activator = Activator(ActivatorSettings(redis_url=self.redis_url, port=0,
                                                 **self.activator_options), redis)
         activator.session = aiohttp.ClientSession()
@@ -80,11 +80,11 @@ class Apps:
                  asyncio.create_task(activator.replies.run(self._stop)),
                  asyncio.create_task(activator.backlog.run(redis, self._stop))]
         arunner = await serve_app(build_activator(activator), "127.0.0.1", 0)
-        self.activator_url = "http://127.0.0.1:%d" % arunner.addresses[0][1]
+        self.activator_url = f"http://127.0.0.1:{arunner.addresses[0][1]}"
         replica = web.Application()
         replica.router.add_post("/lt/invoke", _echo)
         rrunner = await serve_app(replica, "127.0.0.1", 0)
-        self.replica_address = "127.0.0.1:%d" % rrunner.addresses[0][1]
+        self.replica_address = f"127.0.0.1:{rrunner.addresses[0][1]}"
         self._cleanup = [tasks, [arunner, prunner, rrunner], activator.session, redis,
                          sync_redis]
 

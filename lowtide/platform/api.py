@@ -55,6 +55,14 @@ async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[A
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send multipart/form-data with a 'spec' (JSON) and an 'artifact' part; "
                          "the SDK (lowtide.deploy) does this for you")
+    try:
+        return await _read_parts(request, max_artifact_bytes)
+    except ValueError as exc:  # no boundary, a malformed part: aiohttp's multipart reader
+        raise BadRequest(f"malformed multipart body ({exc}); the SDK (lowtide.deploy) "
+                         "sends a well-formed one") from None
+
+
+async def _read_parts(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
     spec_data: Any = None
     artifact: bytes | None = None
     reader = await request.multipart()
@@ -64,7 +72,7 @@ async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[A
         if part.name == "spec":
             try:
                 spec_data = json.loads(await part.read())
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise BadRequest(f"spec is not valid JSON: {exc}") from None
         elif part.name == "artifact":
             chunks, size = [], 0
