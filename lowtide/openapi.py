@@ -14,7 +14,13 @@ from aiohttp import web
 
 from ._auth import KEY_PATTERN
 from ._protocol import MAX_JSON_DEPTH, TIMEOUT_HEADER
-from ._spec import ACCESS_MODES, NAME_PATTERN
+from ._spec import (
+    ACCESS_MODES,
+    MAX_REQUIREMENT_CHARS,
+    MAX_REQUIREMENTS,
+    MAX_TIMEOUT_S,
+    NAME_PATTERN,
+)
 
 ACTIVATOR_SERVER = {"url": "{activator}", "variables": {
     "activator": {"default": "http://127.0.0.1:8080", "description": "the activator's URL"}}}
@@ -180,15 +186,23 @@ COMPONENTS = {
         "Spec": {"type": "object", "required": ["name"], "additionalProperties": False,
                  "properties": {
                      "name": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"},
-                     "cpu": {"type": "number"}, "memory_bytes": {"type": "integer"},
-                     "gpu": {"type": "integer"},
-                     "requirements": {"type": "array", "items": {"type": "string"},
-                                      "description": "PEP 508 names from the index: no pip "
-                                      "options, no URLs"},
-                     "min_replicas": {"type": "integer"},
-                     "max_replicas": {"type": ["integer", "null"]},
-                     "timeout_s": {"type": "number"},
-                     "python": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"},
+                     "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 512},
+                     "memory_bytes": {"type": "integer", "minimum": 1},
+                     "gpu": {"type": "integer", "minimum": 0, "maximum": 16},
+                     "requirements": {
+                         "type": "array", "maxItems": MAX_REQUIREMENTS, "items": {
+                             "type": "string", "minLength": 1,
+                             "maxLength": MAX_REQUIREMENT_CHARS},
+                         "description": "PEP 508 requirements of packages on the index, e.g. "
+                         "'numpy>=1.24': no pip options, no URLs or paths"},
+                     "min_replicas": {"type": "integer", "minimum": 0, "maximum": 1000},
+                     "max_replicas": {"type": ["integer", "null"], "minimum": 1,
+                                      "maximum": 1000,
+                                      "description": "null, or at least min_replicas"},
+                     "timeout_s": {"type": "number", "exclusiveMinimum": 0,
+                                   "maximum": MAX_TIMEOUT_S},
+                     "python": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$",
+                                "description": "must be the workers' Python minor version"},
                      "params": {"type": ["array", "null"], "items": {"type": "string"}},
                      "access": {"enum": list(ACCESS_MODES)}}},
         "NewKey": {"type": "object", "properties": {

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -57,9 +58,9 @@ async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[A
                          "the SDK (lowtide.deploy) does this for you")
     try:
         return await _read_parts(request, max_artifact_bytes)
-    except ValueError as exc:  # no boundary, a malformed part: aiohttp's multipart reader
-        raise BadRequest(f"malformed multipart body ({exc}); the SDK (lowtide.deploy) "
-                         "sends a well-formed one") from None
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, a malformed part header
+        raise BadRequest(f"malformed multipart body ({type(exc).__name__}); the SDK "
+                         "(lowtide.deploy) sends a well-formed one") from None
 
 
 async def _read_parts(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
