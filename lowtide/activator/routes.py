@@ -125,9 +125,11 @@ class Routes:
             return Access(mode)
         raw = await self.redis.hgetall(_keys.invoke_keys(name))
         keys = {}
-        for value in raw.values():
-            rec = json.loads(value)
-            keys[str(rec["id"])] = bytes.fromhex(rec["sha256"])
+        for kid, value in raw.items():
+            try:
+                keys[kid.decode()] = bytes.fromhex(json.loads(value)["sha256"])
+            except (ValueError, KeyError, TypeError):  # refused like a revoked key
+                log.warning("invoke key %r of %s is malformed; ignoring it", kid, name)
         return Access(mode, keys)
 
     async def invalidate(self, name: str) -> None:

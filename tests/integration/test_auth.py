@@ -33,11 +33,18 @@ MAX_QUEUED = 3
 
 
 @pytest.fixture(scope="module")
-def apps(redis_url: str) -> Iterator[Apps]:
-    running = Apps(redis_url, activator_options={"max_body_bytes": MAX_BODY,
-                                                 "max_queued": MAX_QUEUED}).start()
+def apps(own_redis_url: str) -> Iterator[Apps]:
+    running = Apps(own_redis_url, activator_options={
+        "max_body_bytes": MAX_BODY, "max_queued": MAX_QUEUED, "max_queue_wait_s": 1.0}).start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def own_redis(own_redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(own_redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -46,6 +53,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 def deployed(apps: Apps, name: str, **spec: object) -> str:
+    spec.setdefault("timeout_s", 3)  # a call that finds no replica is answered 504 in ~6 s
     r = apps.deploy(name, **spec)
     assert r.status_code == 201, r.text
     return name
@@ -129,7 +137,9 @@ def test_key_endpoint_401_403_and_200(apps: Apps, name: str) -> None:
     assert r.json() == {"x": 1}  # type: ignore[union-attr]
 
 
-def test_keys_are_shown_once_and_stored_hashed(apps: Apps, name: str, redis: Redis) -> None:
+def test_keys_are_shown_once_and_stored_hashed(apps: Apps, name: str, own_redis: Redis
+                                               ) -> None:
+    redis = own_redis
     deployed(apps, name, access="key")
     info = create_key(apps, name, "laptop")
     assert KEY_PATTERN.fullmatch(info["key"]) and info["label"] == "laptop"
@@ -204,14 +214,16 @@ def test_async_results_of_a_key_endpoint_need_its_key(apps: Apps, name: str) -> 
     r = wait_for(lambda: (r := invoke(apps, name, key, params={"async": "1"})).status_code
                  == 202 and r, 5, "the async call to be accepted")
     status_url = r.json()["status_url"]  # type: ignore[union-attr]
-    assert httpx.get(status_url).status_code == 401
+    r = httpx.get(status_url)
+    assert r.status_code == 401, r.text
     assert httpx.get(status_url, headers={"Authorization": "Bearer " + key[:-1] + "A"}
                      ).status_code in (401, 403)
     assert httpx.get(status_url, headers={"Authorization": f"Bearer {key}"}).status_code == 202
 
 
 def test_warm_key_checks_make_no_redis_command_per_request(apps: Apps, name: str,
-                                                           redis: Redis) -> None:
+                                                           own_redis: Redis) -> None:
+    redis = own_redis
     deployed(apps, name, access="key")
     apps.add_replica(name)
     key = create_key(apps, name)["key"]
@@ -330,7 +342,8 @@ def test_good_deadline_header_is_taken(apps: Apps, name: str) -> None:
 
 
 def test_queue_length_bound_is_429_with_retry_after(apps: Apps, name: str,
-                                                    redis: Redis) -> None:
+                                                    own_redis: Redis) -> None:
+    redis = own_redis
     deployed(apps, name)  # no replica: everything is buffered
     accepted = [invoke(apps, name, params={"async": "1"}).status_code for _ in range(MAX_QUEUED)]
     assert accepted == [202] * MAX_QUEUED

@@ -41,8 +41,8 @@ class ErrorLog(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def apps(redis_url: str) -> Iterator[Apps]:
-    running = Apps(redis_url, activator_options={"max_body_bytes": 64 * 1024,
+def apps(own_redis_url: str) -> Iterator[Apps]:
+    running = Apps(own_redis_url, activator_options={"max_body_bytes": 64 * 1024,
                                                  "max_queue_wait_s": 1.0}).start()
     for name, access in ((PUBLIC, "public"), (LOCKED, "key")):
         assert running.deploy(name, access=access, timeout_s=1).status_code in (200, 201)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 
+import httpx
 import pytest
 
 from lowtide._auth import (
@@ -27,6 +28,8 @@ from lowtide._spec import MAX_REQUIREMENTS, DeploymentSpec, SpecError, check_req
 from lowtide.activator.backlog import Backlog
 from lowtide.activator.settings import ActivatorSettings
 from lowtide.platform.settings import PlatformSettings
+from lowtide.sdk import AuthError, Client, Endpoint
+from lowtide.sdk._errors import error_from_response
 
 TOKEN = "s3cret-token-value"
 
@@ -248,3 +251,27 @@ def test_backlog_forgets_drained_endpoints() -> None:
 def test_max_queued_is_validated(value: int) -> None:
     with pytest.raises(ValueError, match="max_queued"):
         ActivatorSettings(redis_url="redis://x", max_queued=value)
+
+
+# ---- the SDK's side -------------------------------------------------------------------
+@pytest.mark.parametrize("status", [401, 403])
+def test_sdk_maps_auth_refusals_to_auth_error(status: int) -> None:
+    err = error_from_response(status, b'{"error": "unauthorized", "detail": "send a key"}')
+    assert isinstance(err, AuthError) and err.status == status
+
+
+def test_sdk_sends_the_endpoints_key_and_never_shows_it() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=2)
+
+    client = Client("http://platform", "http://activator", "token")
+    client._http = httpx.Client(transport=httpx.MockTransport(handler))
+    ep = Endpoint(client, "double", "http://activator/fn/double", ["x"], 60.0, 1, key=KEY.key)
+    assert ep(1) == 2
+    assert seen[-1].headers["Authorization"] == f"Bearer {KEY.key}"
+    assert KEY.key not in repr(ep)
+    Endpoint(client, "open", "http://activator/fn/open", ["x"], 60.0, 1)(1)
+    assert "Authorization" not in seen[-1].headers
