@@ -14,6 +14,7 @@ import pytest
 from lowtide._auth import (
     KEY_PATTERN,
     Access,
+    NewKey,
     bearer,
     check_invoke,
     check_token,
@@ -85,6 +86,10 @@ def test_platform_settings_refuse_a_bad_digest(value: str, message: str) -> None
 
 
 # ---- invoke keys ----------------------------------------------------------------------
+def test_fixed_keys_are_well_formed() -> None:
+    assert key_id(KEY.key) == KEY.id and key_id(OTHER.key) == OTHER.id
+
+
 def test_new_keys_are_well_formed_unique_and_carry_their_id() -> None:
     keys = [new_key() for _ in range(200)]
     assert len({k.key for k in keys}) == len({k.id for k in keys}) == 200
@@ -94,8 +99,8 @@ def test_new_keys_are_well_formed_unique_and_carry_their_id() -> None:
         assert k.digest_hex == hashlib.sha256(k.key.encode()).hexdigest()
 
 
-KEY = new_key()
-OTHER = new_key()
+KEY = NewKey("abcdef012345", "lt_abcdef012345_" + "k3y-secret_" * 3 + "abcdefghij")
+OTHER = NewKey("0123456789ab", "lt_0123456789ab_" + "other" * 8 + "xyz")
 LOCKED = Access("key", {KEY.id: digest(KEY.key)})
 
 
