@@ -19,27 +19,26 @@ OCTETS = "application/octet-stream"
 TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds the function may run
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects in an invoke body
 
-# a JSON string (skipped whole, so brackets inside it do not count) or one bracket
-_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
-_OPENERS = frozenset(b"[{")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether a JSON text nests arrays/objects more than `limit` deep, found before parsing
-    it (a deep document would make the parser recurse). Cheap for ordinary bodies: fewer
-    brackets than the limit cannot nest deeper than it."""
+    it (a deep document would make the parser recurse). Every step runs in C: drop strings
+    (brackets inside them do not nest), keep only the brackets, then remove the innermost
+    pairs, one nesting level per pass, at most `limit` passes. Malformed nesting is left to
+    the parser."""
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
-    depth = 0
-    for m in _JSON_NESTING.finditer(body):
-        first = m.group()[0]
-        if first in _OPENERS:
-            depth += 1
-            if depth > limit:
-                return True
-        elif first != 0x22:  # a closing bracket ('"' starts a string)
-            depth -= 1
-    return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        shorter = brackets.replace(b"[]", b"")
+        if not shorter or shorter == brackets:
+            return False
+        brackets = shorter
+    return True
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,10 @@ def check_body(content_type: str, body: bytes) -> None:
             raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        except RecursionError:  # unbalanced, so json_too_deep left it to the parser
+            raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+                             ) from None
+        except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
 

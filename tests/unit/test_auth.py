@@ -202,7 +202,18 @@ def nested(depth: int, open_: str = "[", close: str = "]") -> bytes:
     return (open_ * depth + close * depth).encode()
 
 
+def alternating(depth: int) -> bytes:
+    """[{"a": [{"a": ... 1 ...}]}] with `depth` levels, arrays and objects in turn."""
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return json.dumps(value).encode()
+
+
 @pytest.mark.parametrize(("body", "too_deep"), [
+    (alternating(MAX_JSON_DEPTH), False), (alternating(MAX_JSON_DEPTH + 1), True),
+    (alternating(MAX_JSON_DEPTH + 1).replace(b'"a"', b'"{[}]"'), True),
+    (b"[" * 60_000, False),  # unbalanced: the parser refuses it (RecursionError -> 400)
     (b"", False), (b"1", False), (b'{"x": [1, 2, {"y": 3}]}', False),
     (nested(MAX_JSON_DEPTH), False),
     (nested(MAX_JSON_DEPTH + 1), True),
