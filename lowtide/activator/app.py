@@ -8,6 +8,11 @@ First come, first served: while requests of an endpoint that this activator buff
 wait for their answer, new ones join them in the stream rather than overtake them on the
 direct path (replicas pull from the stream as soon as they have room, so the backlog drains
 at the replicas' full learned limit).
+
+Before any of that, with no Redis command either: a key-protected endpoint's caller must
+present one of its keys (digests cached with the route, `lowtide._auth`), the body must be
+JSON no deeper than MAX_JSON_DEPTH (or bytes), and a request that would be buffered is
+refused with 429 while the endpoint's queue is at its bound (`backlog.Backlog`).
 """
 
 from __future__ import annotations
