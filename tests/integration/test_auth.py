@@ -7,6 +7,7 @@ second; the last tests go through a real `lowtide up` cluster with a BentoML rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -15,12 +16,13 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import psutil
 import pytest
 from redis import Redis
 
 import lowtide
 from lowtide import Client, _keys
-from lowtide._auth import KEY_PATTERN
+from lowtide._auth import KEY_PATTERN, token_digest
 from lowtide._protocol import MAX_JSON_DEPTH
 from tests._apps import Apps
 from tests.conftest import wait_for
@@ -405,6 +407,24 @@ def test_key_protected_endpoint_end_to_end(cluster, client: Client, unique_name:
     log = cluster.log_path.read_text(errors="replace")
     for secret in (cluster.config.token, key, cli_key):
         assert secret not in log
+    ep.delete()
+
+
+def test_no_component_or_replica_holds_the_token(cluster, client: Client,
+                                                 unique_name: str) -> None:
+    """`lowtide up` gives the platform only the token's digest, and nothing else the token."""
+    ep = client.deploy(lambda x: x, name=unique_name)
+    assert ep(1) == 1  # a replica runs now
+    token = cluster.config.token
+    seen = []
+    for proc in psutil.Process(cluster.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            env, cmdline = proc.environ(), " ".join(proc.cmdline())
+            seen.append(cmdline)
+            assert token not in cmdline and token not in "\n".join(env.values()), cmdline
+            if " platform" in cmdline:
+                assert env.get("LOWTIDE_TOKEN_SHA256") == token_digest(token)
+    assert any(" platform" in c for c in seen) and len(seen) >= 4, seen
     ep.delete()
 
 
