@@ -45,6 +45,10 @@ class NotFound(HTTPError):
     status, error = 404, "not found"
 
 
+class Conflict(HTTPError):
+    status, error = 409, "conflict"
+
+
 class PayloadTooLarge(HTTPError):
     status, error = 413, "payload too large"
 

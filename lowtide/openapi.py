@@ -78,7 +78,8 @@ CONTROL_PATHS: dict[str, Any] = {
                            {"200": _ok("deleted"), "404": _error("no such deployment")}),
         "patch": _control("change invoke access without a redeploy", {
             "200": _ok("new access"), "400": _error("bad body"),
-            "404": _error("no such deployment")},
+            "404": _error("no such deployment"),
+            "409": _error("redeployed or deleted meanwhile; retry")},
             requestBody={"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["access"], "additionalProperties": False,
                 "properties": {"access": {"enum": list(ACCESS_MODES)}}}}}}),

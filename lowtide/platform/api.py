@@ -11,11 +11,12 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from .. import _auth, _keys
 from .._http import (
     BadRequest,
+    Conflict,
     NotFound,
     PayloadTooLarge,
     add_health_routes,
@@ -295,10 +296,17 @@ class PlatformAPI:
         if dep is None:
             raise NotFound(f"no deployment named {name!r}")
         spec = DeploymentSpec.from_dict({**dep.spec.to_dict(), "access": body["access"]})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_keys.deployment(name), "spec", json.dumps(spec.to_dict()))
-            pipe.publish(_keys.ROUTES_CHANNEL, name)
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(_keys.deployment(name))  # a redeploy meanwhile wins
+                if int(await pipe.hget(_keys.deployment(name), "version") or 0) != dep.version:
+                    raise WatchError
+                pipe.multi()
+                pipe.hset(_keys.deployment(name), "spec", json.dumps(spec.to_dict()))
+                pipe.publish(_keys.ROUTES_CHANNEL, name)
+                await pipe.execute()
+        except WatchError:
+            raise Conflict(f"{name!r} was redeployed or deleted meanwhile; retry") from None
         if spec.access != dep.spec.access:
             await state.record_event(self.redis, name, "access",
                                      f"invoke access {dep.spec.access} -> {spec.access}",

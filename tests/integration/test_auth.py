@@ -24,6 +24,7 @@ import lowtide
 from lowtide import Client, _keys
 from lowtide._auth import KEY_PATTERN, token_digest
 from lowtide._protocol import MAX_JSON_DEPTH
+from lowtide.platform import state
 from tests._apps import Apps
 from tests.conftest import wait_for
 
@@ -204,6 +205,21 @@ def test_access_changes_without_a_redeploy(apps: Apps, name: str) -> None:
         assert apps.api("PATCH", f"/v1/deployments/{name}", json=body).status_code == 400
     assert apps.api("PATCH", "/v1/deployments/never-deployed",
                     json={"access": "key"}).status_code == 404
+
+
+def test_access_change_racing_a_redeploy_is_409(apps: Apps, name: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    deployed(apps, name)
+    real = state.load_deployment
+
+    async def read_then_redeploy(redis, dep_name):  # type: ignore[no-untyped-def]
+        dep = await real(redis, dep_name)
+        await redis.hincrby(_keys.deployment(dep_name), "version", 1)  # a deploy lands now
+        return dep
+
+    monkeypatch.setattr(state, "load_deployment", read_then_redeploy)
+    r = apps.api("PATCH", f"/v1/deployments/{name}", json={"access": "key"})
+    assert r.status_code == 409 and "retry" in r.json()["detail"]
 
 
 def test_a_deleted_endpoints_keys_do_not_open_its_namesake(apps: Apps, name: str) -> None:
