@@ -7,6 +7,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -291,3 +294,41 @@ def test_sdk_sends_the_endpoints_key_and_never_shows_it() -> None:
     assert KEY.key not in repr(ep)
     Endpoint(client, "open", "http://activator/fn/open", ["x"], 60.0, 1)(1)
     assert "Authorization" not in seen[-1].headers
+
+
+# ---- docker/entrypoint.sh: the platform container gets the digest, never prints the token --
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "docker" / "entrypoint.sh"
+STUB = """#!/bin/sh
+echo "args=$*"
+echo "token=${LOWTIDE_TOKEN:-unset}"
+echo "sha=${LOWTIDE_TOKEN_SHA256:-unset}"
+"""
+
+
+def run_entrypoint(tmp_path: Path, token: str | None) -> tuple[str, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "lowtide").write_text(STUB)
+    (bin_dir / "lowtide").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+           "LOWTIDE_HOME": str(tmp_path)}
+    if token is not None:
+        env["LOWTIDE_TOKEN"] = token
+    done = subprocess.run(["sh", str(ENTRYPOINT), "platform"], env=env, capture_output=True,
+                          text=True, timeout=30, check=True)
+    return done.stdout + done.stderr, tmp_path / "token"
+
+
+def test_entrypoint_generates_a_token_and_passes_only_its_digest(tmp_path: Path) -> None:
+    out, token_file = run_entrypoint(tmp_path, None)
+    token = token_file.read_text().strip()
+    assert len(token) >= 40 and token not in out
+    assert "token=unset" in out and f"sha={token_digest(token)}" in out
+    again, _ = run_entrypoint(tmp_path, None)  # a restart keeps the token
+    assert token_file.read_text().strip() == token and f"sha={token_digest(token)}" in again
+
+
+def test_entrypoint_hashes_a_chosen_token(tmp_path: Path) -> None:
+    out, token_file = run_entrypoint(tmp_path, "my-chosen-token")
+    assert "my-chosen-token" not in out and not token_file.exists()
+    assert "token=unset" in out and f"sha={token_digest('my-chosen-token')}" in out
