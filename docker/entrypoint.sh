@@ -2,8 +2,9 @@
 # Entrypoint of the lowtide image: `lowtide-entrypoint COMMAND [ARGS]` runs `lowtide COMMAND`.
 #
 # - platform: without LOWTIDE_TOKEN, uses the token kept in $LOWTIDE_HOME/token, generated
-#   there on first start, and prints it to the log (LOWTIDE_HOME is a volume in compose, so
-#   the token survives restarts).
+#   there on first start (LOWTIDE_HOME is a volume in compose, so the token survives
+#   restarts). The token is never printed: the log says where to read it. The platform
+#   process gets only its SHA-256 digest (LOWTIDE_TOKEN_SHA256), not the token.
 # - platform, activator, agent: wait for LOWTIDE_REDIS_URL to answer PING (at most
 #   LOWTIDE_REDIS_WAIT_S, default 60 s), since not every engine honours depends_on health
 #   conditions; record the component's /healthz port for lowtide-healthcheck.
@@ -15,7 +16,7 @@ case "$command" in
     platform) health_port=${LOWTIDE_PLATFORM_PORT:-8081} ;;
     activator) health_port=${LOWTIDE_ACTIVATOR_PORT:-8080} ;;
     agent) health_port=${LOWTIDE_AGENT_PORT:-8082} ;;
-    ""|-*|up|deploy|ls|status|invoke|logs|delete) exec lowtide "$@" ;;
+    ""|-*|up|deploy|ls|status|invoke|logs|delete|keys|access) exec lowtide "$@" ;;
     *) exec "$@" ;;
 esac
 echo "$health_port" >/tmp/lowtide-health-port
@@ -28,9 +29,14 @@ if [ "$command" = platform ] && [ -z "${LOWTIDE_TOKEN:-}" ]; then
         echo "lowtide: generated an API token on first start, kept in $token_file"
     fi
     LOWTIDE_TOKEN=$(cat "$token_file")
-    export LOWTIDE_TOKEN
-    echo "lowtide: API token: $LOWTIDE_TOKEN"
-    echo "lowtide: on the host: export LOWTIDE_TOKEN=$LOWTIDE_TOKEN"
+    echo "lowtide: the API token is in $token_file; on the host:" \
+        "export LOWTIDE_TOKEN=\$(docker compose exec platform cat $token_file)"
+fi
+if [ "$command" = platform ] && [ -n "${LOWTIDE_TOKEN:-}" ]; then
+    LOWTIDE_TOKEN_SHA256=$(printf %s "$LOWTIDE_TOKEN" | python3 -c \
+        'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+    export LOWTIDE_TOKEN_SHA256
+    unset LOWTIDE_TOKEN
 fi
 
 if [ -n "${LOWTIDE_REDIS_URL:-}" ]; then

@@ -6,6 +6,7 @@
 """
 
 from .sdk import (
+    AuthError,
     BadInput,
     Client,
     ConfigError,
@@ -24,7 +25,7 @@ from .sdk import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
+    "AuthError", "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
     "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
     "Overloaded", "__version__", "deploy",
 ]

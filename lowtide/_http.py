@@ -45,12 +45,20 @@ class NotFound(HTTPError):
     status, error = 404, "not found"
 
 
+class Conflict(HTTPError):
+    status, error = 409, "conflict"
+
+
 class PayloadTooLarge(HTTPError):
     status, error = 413, "payload too large"
 
 
 class UnsupportedMediaType(HTTPError):
     status, error = 415, "unsupported media type"
+
+
+class TooManyRequests(HTTPError):
+    status, error = 429, "too many requests"
 
 
 class Unavailable(HTTPError):
@@ -79,7 +87,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
         if exc.status == 413:
             detail = f"the body is larger than the limit of {request.app['max_body_bytes']} bytes"
-        return json_error(exc.status, exc.reason.lower(), detail)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # on 405
+        return json_error(exc.status, exc.reason.lower(), detail, allow)
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error", f"{type(exc).__name__} (see the server log)")

@@ -80,6 +80,12 @@ def request(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}"
 
 
+def invoke_keys(name: str) -> str:
+    """Hash key_id -> JSON {sha256, label, created_at}: an endpoint's invoke keys (digests
+    only; the key itself is shown once, at creation)."""
+    return f"{PREFIX}keys:{name}"
+
+
 def decisions(name: str) -> str:
     """Stream of scaling decisions, newest last, capped."""
     return f"{PREFIX}dec:{name}"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,28 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 
 TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds the function may run
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects in an invoke body
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays/objects more than `limit` deep, found before parsing
+    it (a deep document would make the parser recurse). Every step runs in C: drop strings
+    (brackets inside them do not nest), keep only the brackets, then remove the innermost
+    pairs, one nesting level per pass, at most `limit` passes. Malformed nesting is left to
+    the parser."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        shorter = brackets.replace(b"[]", b"")
+        if not shorter or shorter == brackets:
+            return False
+        brackets = shorter
+    return True
 
 
 @dataclass(frozen=True)

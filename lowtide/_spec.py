@@ -11,6 +11,8 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")  # use with fullmatch
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?|B|b)?\s*$")
 _FACTORS = {
@@ -19,6 +21,10 @@ _FACTORS = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
 }
 MAX_TIMEOUT_S = 3600.0
+MAX_REQUIREMENTS = 100
+MAX_REQUIREMENT_CHARS = 511
+PUBLIC, KEY = "public", "key"  # invoke access of an endpoint (lowtide._auth checks it)
+ACCESS_MODES = (PUBLIC, KEY)
 
 
 class SpecError(ValueError):
@@ -32,6 +38,28 @@ def check_name(name: object) -> str:
             "'-', starting with a letter (e.g. 'double' or 'resnet-50')"
         )
     return name
+
+
+def check_requirement(text: object) -> str:
+    """A PEP 508 requirement naming a package on the index: no pip options (`--index-url`,
+    `-e`...), no URLs or paths, since each string becomes an argument of `pip install` on
+    the hosts. A private index is configured on the agents (PIP_INDEX_URL), not per spec."""
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_REQUIREMENT_CHARS:
+        raise SpecError(f"requirement {text!r} must be a non-empty string of at most "
+                        f"{MAX_REQUIREMENT_CHARS} characters, e.g. 'scikit-learn>=1.3'")
+    if text.lstrip().startswith("-"):
+        raise SpecError(f"requirement {text!r} is a pip option, which is not allowed; for a "
+                        "private index set PIP_INDEX_URL in the agents' environment")
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise SpecError(f"requirement {text!r} is not a PEP 508 requirement ({exc}); "
+                        "use e.g. 'scikit-learn>=1.3' or 'numpy==1.26.4'") from None
+    if req.url:
+        raise SpecError(f"requirement {text!r} points at a URL or path, which is not "
+                        "allowed: name a package on the index (e.g. 'mypkg==1.0'), or put "
+                        "the code into the deployed function")
+    return text
 
 
 def parse_memory(value: object, key: str = "memory") -> int:
@@ -69,6 +97,7 @@ class DeploymentSpec:
     timeout_s: float = 60.0
     python: str = field(default_factory=python_version)
     params: list[str] | None = None  # parameter names, to bind positional arguments
+    access: str = PUBLIC  # invoke access: PUBLIC, or KEY (an invoke key of this endpoint)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +117,16 @@ class DeploymentSpec:
         spec.validate()
         return spec
 
+    def check_new(self) -> None:
+        """What a new deployment must also pass (stored specs are loaded without it, so a
+        rule added later cannot make an existing deployment unreadable)."""
+        self.validate()
+        if len(self.requirements) > MAX_REQUIREMENTS:
+            raise SpecError(f"{len(self.requirements)} requirements: at most "
+                            f"{MAX_REQUIREMENTS} are allowed")
+        for requirement in self.requirements:
+            check_requirement(requirement)
+
     def validate(self) -> None:
         check_name(self.name)
         if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not (
@@ -101,7 +140,8 @@ class DeploymentSpec:
         if isinstance(self.gpu, bool) or not isinstance(self.gpu, int) or not 0 <= self.gpu <= 16:
             raise SpecError(f"gpu={self.gpu!r} must be a whole number of GPUs in [0, 16]")
         if not isinstance(self.requirements, list) or not all(
-            isinstance(r, str) and r.strip() and len(r) < 512 for r in self.requirements
+            isinstance(r, str) and r.strip() and len(r) <= MAX_REQUIREMENT_CHARS
+            for r in self.requirements
         ):
             raise SpecError("requirements must be a list of requirement strings, "
                             "e.g. ['scikit-learn>=1.3']")
@@ -119,9 +159,12 @@ class DeploymentSpec:
             not 0 < self.timeout_s <= MAX_TIMEOUT_S
         ):
             raise SpecError(f"timeout={self.timeout_s!r} must be seconds in (0, {MAX_TIMEOUT_S:g}]")
-        if not isinstance(self.python, str) or not re.match(r"^\d+\.\d+$", self.python):
+        if not isinstance(self.python, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", self.python):
             raise SpecError(f"python={self.python!r} must look like '3.11'")
         if self.params is not None and not (
             isinstance(self.params, list) and all(isinstance(p, str) for p in self.params)
         ):
             raise SpecError("params must be a list of parameter names")
+        if self.access not in ACCESS_MODES:
+            raise SpecError(f"access={self.access!r} must be one of {', '.join(ACCESS_MODES)} "
+                            "(public: anyone with the URL; key: an invoke key of the endpoint)")

@@ -24,6 +24,7 @@ import httpx
 import psutil
 from rich.console import Console
 
+from ._auth import token_digest
 from ._home import ClusterConfig
 from ._redisserver import start_redis_server
 from .workers.procs import die_with_parent_hook, stop_group
@@ -90,12 +91,15 @@ class Cluster:
         token = _token(s.home)
         platform_url = f"http://{s.host}:{s.platform_port}"
         activator_url = f"http://{s.host}:{s.activator_port}"
-        env = {**os.environ, "LOWTIDE_REDIS_URL": redis_url, "LOWTIDE_TOKEN": token,
+        env = {**os.environ, "LOWTIDE_REDIS_URL": redis_url,
                "LOWTIDE_HOME": str(s.home), "LOWTIDE_LOG_LEVEL": s.log_level}
-        env.pop("REDIS_URL", None)
+        for key in ("REDIS_URL", "LOWTIDE_TOKEN", "LOWTIDE_TOKEN_SHA256"):
+            env.pop(key, None)
         keep_alive = [] if s.keep_alive_s is None else ["--keep-alive", f"{s.keep_alive_s:g}"]
+        # the platform gets only the token's digest; the token itself stays in config.json
         self._spawn("platform", ["platform", "--host", s.host, "--port", str(s.platform_port),
-                                 "--public-url", activator_url, *keep_alive], env)
+                                 "--public-url", activator_url, *keep_alive],
+                    {**env, "LOWTIDE_TOKEN_SHA256": token_digest(token)})
         self._spawn("activator", ["activator", "--host", s.host,
                                   "--port", str(s.activator_port)], env)
         no_pool = [] if s.pool else ["--no-pool"]

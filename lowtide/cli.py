@@ -102,8 +102,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pl.add_argument("--host", default=_env(env, "LOWTIDE_PLATFORM_HOST", "127.0.0.1"))
     pl.add_argument("--port", type=_port, default=_env(env, "LOWTIDE_PLATFORM_PORT",
                                                              "8081"))
+    pl.add_argument("--token-sha256", default=_env(env, "LOWTIDE_TOKEN_SHA256", ""),
+                    metavar="HEX", help="hex SHA-256 of the API bearer token (env "
+                    "LOWTIDE_TOKEN_SHA256): the platform then never sees the token")
     pl.add_argument("--token", default=_env(env, "LOWTIDE_TOKEN", ""),
-                    help="API bearer token (env LOWTIDE_TOKEN)")
+                    help="API bearer token, hashed at start and not kept (env LOWTIDE_TOKEN); "
+                    "prefer --token-sha256")
     pl.add_argument("--public-url", default=_env(env, "LOWTIDE_PUBLIC_URL",
                                                  "http://127.0.0.1:8080"),
                     help="activator URL shown in invoke URLs (env LOWTIDE_PUBLIC_URL)")
@@ -125,6 +129,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_MAX_QUEUE_WAIT_S", "120"),
                     help="how long a request may wait for a replica, cold starts included "
                     "(default 120)")
+    ac.add_argument("--max-queue", type=_positive_int,
+                    default=_env(env, "LOWTIDE_MAX_QUEUE", "10000"),
+                    help="requests queued per endpoint (about) before new ones get 429 "
+                    "(default 10000)")
     ac.add_argument("--workers", type=_positive_int,
                     default=_env(env, "LOWTIDE_ACTIVATOR_WORKERS", "1"),
                     help="processes serving the port, with SO_REUSEPORT (default 1)")
@@ -157,6 +165,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     de.add_argument("--min-replicas", type=int, default=0)
     de.add_argument("--max-replicas", type=int, default=None)
     de.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    de.add_argument("--access", choices=["public", "key"], default="public",
+                    help="who may invoke: anyone with the URL (public, default) or callers "
+                    "with an invoke key (key; create keys with `lowtide keys create NAME`)")
     de.add_argument("--wait", action="store_true",
                     help="wait until the function is built (and min replicas are ready)")
 
@@ -169,11 +180,29 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     iv.add_argument("payload", nargs="?", default="{}", help="JSON (default {})")
     iv.add_argument("--async", dest="is_async", action="store_true",
                     help="submit and print the request id")
+    iv.add_argument("--key", default=_env(env, "LOWTIDE_KEY", ""),
+                    help="invoke key, for an endpoint whose access is 'key' (env LOWTIDE_KEY)")
     lg = sub.add_parser("logs", help="replica output of an endpoint")
     lg.add_argument("name")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     dl = sub.add_parser("delete", help="delete an endpoint")
     dl.add_argument("name")
+    ke = sub.add_parser("keys", help="create, list or revoke an endpoint's invoke keys",
+                        description="Invoke keys of an endpoint whose access is 'key' "
+                        "(`lowtide access NAME key`). A key is printed once, at creation; "
+                        "only its hash is stored. Revoked keys are refused within a second.")
+    ke_sub = ke.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kc = ke_sub.add_parser("create", help="create a key and print it (only this once)")
+    kc.add_argument("name")
+    kc.add_argument("--label", default="", help="what the key is for (shown by ls)")
+    kl = ke_sub.add_parser("ls", help="list keys: ids, labels, creation times")
+    kl.add_argument("name")
+    kr = ke_sub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("name")
+    kr.add_argument("key_id", help="the id `lowtide keys ls NAME` shows")
+    acc = sub.add_parser("access", help="make an endpoint public or key-protected")
+    acc.add_argument("name")
+    acc.add_argument("mode", choices=["public", "key"])
     return p
 
 
@@ -221,12 +250,16 @@ def cmd_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from ._auth import token_digest
     from ._run import run
     from .platform.main import serve
     from .platform.settings import PlatformSettings
 
+    digest = args.token_sha256.strip().lower() or (token_digest(args.token) if args.token
+                                                   else "")
+    args.token = None  # only the digest goes further
     settings = PlatformSettings(
-        redis_url=_need_redis(args), token=args.token, host=args.host, port=args.port,
+        redis_url=_need_redis(args), token_sha256=digest, host=args.host, port=args.port,
         public_activator_url=args.public_url,
         keep_alive_s=None if args.keep_alive is None else float(args.keep_alive))
     _setup_logging(args.log_level)
@@ -240,7 +273,8 @@ def cmd_activator(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     settings = ActivatorSettings(redis_url=_need_redis(args), host=args.host, port=args.port,
                                  public_url=args.public_url, max_body_bytes=args.max_body_bytes,
-                                 max_queue_wait_s=args.max_queue_wait, workers=args.workers)
+                                 max_queue_wait_s=args.max_queue_wait, workers=args.workers,
+                                 max_queued=args.max_queue)
     _setup_logging(args.log_level)
     return run_activator(settings)
 
@@ -300,7 +334,7 @@ def cmd_deploy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     client = _client()
     options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu,
                    requirements=args.requirements, min_replicas=args.min_replicas,
-                   max_replicas=args.max_replicas, timeout=args.timeout)
+                   max_replicas=args.max_replicas, timeout=args.timeout, access=args.access)
     with console.status("uploading...") if console.is_terminal else _nothing():
         ep = client.deploy(fn, args.name, **options)
     if args.wait:
@@ -390,8 +424,11 @@ def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     url = client.invoke_url(args.name)
     params = {"async": "1"} if args.is_async else None
     try:
+        headers = {"Content-Type": "application/json"}
+        if args.key:
+            headers["Authorization"] = f"Bearer {args.key}"
         response = httpx.post(url, content=args.payload, params=params, timeout=3700,
-                              headers={"Content-Type": "application/json"})
+                              headers=headers)
     except httpx.TransportError as exc:
         raise ValueError(f"cannot reach {url}: {exc}; is `lowtide up` running?") from None
     if args.is_async and response.status_code == 202:
@@ -423,8 +460,33 @@ def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    client = _client()
+    if args.keys_command == "create":
+        info = client.create_key(args.name, args.label)
+        print(info["key"])
+        print(f"key {info['id']} of {args.name}: {info['note']}", file=sys.stderr)
+    elif args.keys_command == "ls":
+        keys = client.keys(args.name)
+        if not keys:
+            print(f"no keys; create one with `lowtide keys create {args.name}`")
+        for k in keys:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["created_at"] or 0))
+            print(f"{k['id']}  {at}  {k['label']}")
+    else:
+        client.revoke_key(args.name, args.key_id)
+        print(f"revoked key {args.key_id} of {args.name}")
+    return 0
+
+
+def cmd_access(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    info = _client().set_access(args.name, args.mode)
+    print(f"{info['name']}: access {info['access']}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up, "platform": cmd_platform, "activator": cmd_activator, "agent": cmd_agent,
     "deploy": cmd_deploy, "ls": cmd_ls, "status": cmd_status, "invoke": cmd_invoke,
-    "logs": cmd_logs, "delete": cmd_delete,
+    "logs": cmd_logs, "delete": cmd_delete, "keys": cmd_keys, "access": cmd_access,
 }

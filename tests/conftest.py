@@ -39,6 +39,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def own_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of this test module alone (the session's is shared with the cluster, whose
+    scaler and agent would act on what the module writes)."""
+    proc, url = start_redis_server(tmp_path_factory.mktemp("redis-own"), appendonly=False)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
     client = Redis.from_url(redis_url)

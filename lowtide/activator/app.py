@@ -8,6 +8,11 @@ First come, first served: while requests of an endpoint that this activator buff
 wait for their answer, new ones join them in the stream rather than overtake them on the
 direct path (replicas pull from the stream as soon as they have room, so the backlog drains
 at the replicas' full learned limit).
+
+Before any of that, with no Redis command either: a key-protected endpoint's caller must
+present one of its keys (digests cached with the route, `lowtide._auth`), the body must be
+JSON no deeper than MAX_JSON_DEPTH (or bytes), and a request that would be buffered is
+refused with 429 while the endpoint's queue is at its bound (`backlog.Backlog`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import _keys
+from .._auth import check_invoke
 from .._http import (
     BadRequest,
     NotFound,
+    TooManyRequests,
     Unavailable,
     UnsupportedMediaType,
     add_health_routes,
@@ -44,15 +51,19 @@ from .._http import (
 )
 from .._protocol import (
     JSON,
+    MAX_JSON_DEPTH,
     OCTETS,
     TIMEOUT_HEADER,
     QueuedRequest,
     Result,
     error_result,
+    json_too_deep,
     timeout_result,
 )
 from .._spec import NAME_PATTERN
 from ..limiter import BUSY_HEADER
+from ..openapi import add_openapi_route
+from .backlog import RETRY_AFTER_S, Backlog
 from .metrics import RoutesCollector
 from .replies import ReplyHub
 from .routes import EndpointRoute, ReplicaRoute, Routes, pick
@@ -83,8 +94,13 @@ def check_body(content_type: str, body: bytes) -> None:
         raise UnsupportedMediaType(f"content type {media!r} is not accepted: send "
                                    "application/json or application/octet-stream")
     if body.strip():
+        if json_too_deep(body, MAX_JSON_DEPTH):
+            raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             json.loads(body)
+        except RecursionError:  # unbalanced, so json_too_deep left it to the parser
+            raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+                             ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
@@ -122,6 +138,7 @@ class Activator:
         self.session: aiohttp.ClientSession | None = None
         self._arrivals: dict[str, int] = defaultdict(int)
         self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
+        self.backlog = Backlog(settings.max_queued)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RoutesCollector(self.routes, self.waiting))
 
@@ -150,6 +167,7 @@ class Activator:
         started = time.perf_counter()
         name = request.match_info["name"]
         endpoint = await self._endpoint(name)
+        check_invoke(endpoint.access, request.headers.get("Authorization"), name)
         body = await request.read()
         content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
@@ -178,6 +196,7 @@ class Activator:
         if not REQUEST_ID.match(request_id):
             raise NotFound(f"no request with id {request_id!r}")
         try:
+            await self._check_request_access(request, request_id)
             result = await self.replies.stored(request_id)
             if result is not None:
                 return web.Response(status=result.status, body=result.body,
@@ -192,6 +211,14 @@ class Activator:
                        f"{_keys.RESULT_TTL_S} s)")
 
     # ---- pieces -----------------------------------------------------------------------
+    async def _check_request_access(self, request: web.Request, request_id: str) -> None:
+        """The result of a key endpoint's request needs a key of that endpoint, while the
+        request is known (REQUEST_TTL_S); past that the id itself is the capability."""
+        name = await self.redis.get(_keys.request(request_id))
+        endpoint = await self.routes.get(name.decode()) if name else None
+        if endpoint is not None:
+            check_invoke(endpoint.access, request.headers.get("Authorization"), endpoint.name)
+
     async def _endpoint(self, name: str) -> EndpointRoute:
         if not NAME_PATTERN.fullmatch(name):
             raise NotFound(f"no endpoint named {name!r}")
@@ -213,9 +240,11 @@ class Activator:
         try:
             value = float(raw)
         except ValueError:
-            raise BadRequest(f"{TIMEOUT_HEADER}={raw!r} is not a number of seconds") from None
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw[:40]!r} is not a number of seconds"
+                             ) from None
         if not 0 < value <= limit:
-            raise BadRequest(f"{TIMEOUT_HEADER}={raw} must be in (0, {limit:g}]")
+            raise BadRequest(f"{TIMEOUT_HEADER}={raw[:40]} must be seconds in (0, {limit:g}] "
+                             "(at most the endpoint's timeout)")
         return value
 
     def _base_url(self, request: web.Request) -> str:
@@ -252,6 +281,11 @@ class Activator:
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,
                       request_id: str = "") -> str:
         """Append the request to the endpoint's stream; wake the platform when it is cold."""
+        if self.backlog.full(endpoint.name):
+            raise TooManyRequests(
+                f"{endpoint.name!r} has about {self.backlog.depth(endpoint.name)} requests "
+                f"queued, the limit is {self.settings.max_queued}; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)})
         request_id = request_id or uuid.uuid4().hex
         entry = QueuedRequest(request_id, call.content_type, call.body, call.start_by,
                               call.timeout_s, reply_to)
@@ -265,6 +299,7 @@ class Activator:
         except RedisError as exc:
             raise Unavailable(f"cannot buffer the request, Redis is unreachable: {exc}",
                               headers={"Retry-After": "1"}) from None
+        self.backlog.add(endpoint.name)
         return request_id
 
     async def _buffer_and_wait(self, endpoint: EndpointRoute, call: Call) -> Result:
@@ -294,5 +329,6 @@ def build_app(activator: Activator) -> web.Application:
     app.router.add_post("/fn/{name}", activator.invoke)
     app.router.add_get("/requests/{id}", activator.request_status)
     add_health_routes(app, "activator", extra_registry=activator.registry)
+    add_openapi_route(app, "activator")
     return app
 

@@ -36,6 +36,7 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
         asyncio.create_task(activator.replies.run(stop), name="replies"),
         asyncio.create_task(activator.routes.run(stop), name="routes"),
         asyncio.create_task(activator.flush_stats(stop), name="stats"),
+        asyncio.create_task(activator.backlog.run(redis, stop), name="backlog"),
     ]
     runner = web.AppRunner(build_app(activator), access_log=None, handle_signals=False,
                            shutdown_timeout=5.0)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from .. import _keys
+from .._auth import Access
 from .._redis import follow
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 
@@ -67,6 +68,7 @@ class EndpointRoute:
     version: int
     timeout_s: float
     replicas: dict[str, ReplicaRoute] = field(default_factory=dict)
+    access: Access = field(default_factory=Access)  # who may invoke: mode and key digests
 
     def ready(self) -> list[ReplicaRoute]:
         return [r for r in self.replicas.values() if r.healthy]
@@ -117,9 +119,25 @@ class Routes:
                 route.no_load_ms = kept.no_load_ms
                 route.requests = kept.requests
             replicas[route.id] = route
-        endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas)
+        endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
+                                 await self._access(name, spec))
         self.endpoints[name] = endpoint
         return endpoint
+
+    async def _access(self, name: str, spec: dict[str, object]) -> Access:
+        """The endpoint's access mode and its keys' digests (read with the route, so a key
+        check on the request path needs no Redis command)."""
+        mode = str(spec.get("access") or "public")
+        if mode == "public":
+            return Access(mode)
+        raw = await self.redis.hgetall(_keys.invoke_keys(name))
+        keys = {}
+        for kid, value in raw.items():
+            try:
+                keys[kid.decode()] = bytes.fromhex(json.loads(value)["sha256"])
+            except (ValueError, KeyError, TypeError):  # refused like a revoked key
+                log.warning("invoke key %r of %s is malformed; ignoring it", kid, name)
+        return Access(mode, keys)
 
     async def invalidate(self, name: str) -> None:
         """Forget the cached view at once (a request meanwhile reads Redis), then reload."""

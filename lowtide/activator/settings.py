@@ -15,6 +15,7 @@ class ActivatorSettings:
     max_timeout_s: float = 3600.0
     max_queue_wait_s: float = 120.0  # how long a request may wait for a replica (cold starts)
     workers: int = 1  # processes serving one port (SO_REUSEPORT)
+    max_queued: int = 10_000  # per endpoint, approximately (see activator/backlog.py): 429 above
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -26,5 +27,7 @@ class ActivatorSettings:
         if self.workers > 1 and self.port == 0:
             raise ValueError("workers > 1 needs a fixed port (port=0 would give each worker "
                              "its own)")
+        if not 1 <= self.max_queued <= 10_000_000:
+            raise ValueError(f"max_queued={self.max_queued} must be in [1, 10000000]")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes={self.max_body_bytes} must be positive")

@@ -1,31 +1,31 @@
-"""The control-plane HTTP API: /v1/deployments (bearer token), /healthz, /metrics."""
+"""The control-plane HTTP API: /v1/deployments and invoke keys (bearer token), /healthz,
+/metrics, /openapi.json."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
-from .. import _keys
+from .. import _auth, _keys
 from .._http import (
     BadRequest,
-    Forbidden,
+    Conflict,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     add_health_routes,
     errors_middleware,
     json_response,
 )
 from .._protocol import error_result
-from .._spec import DeploymentSpec, SpecError, check_name, python_version
+from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_version
+from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import state
 from .scaler import Scaler
@@ -34,21 +34,14 @@ from .settings import PlatformSettings
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
 
 
-def _token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path.startswith("/v1/"):
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("send 'Authorization: Bearer <token>'; `lowtide up` writes the "
-                               "token to ~/.lowtide/config.json",
-                               headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(_token_digest(token.strip()), request.app["token_digest"]):
-            raise Forbidden("the token is not valid for this platform")
+    """Everything but PUBLIC_PATHS needs the token (an unknown path too: no probing)."""
+    if request.path not in PUBLIC_PATHS:
+        _auth.check_token(request.headers.get("Authorization"), request.app["token_digest"])
     return await handler(request)
 
 
@@ -64,6 +57,14 @@ async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[A
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send multipart/form-data with a 'spec' (JSON) and an 'artifact' part; "
                          "the SDK (lowtide.deploy) does this for you")
+    try:
+        return await _read_parts(request, max_artifact_bytes)
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, a malformed part header
+        raise BadRequest(f"malformed multipart body ({type(exc).__name__}); the SDK "
+                         "(lowtide.deploy) sends a well-formed one") from None
+
+
+async def _read_parts(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
     spec_data: Any = None
     artifact: bytes | None = None
     reader = await request.multipart()
@@ -73,7 +74,7 @@ async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[A
         if part.name == "spec":
             try:
                 spec_data = json.loads(await part.read())
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise BadRequest(f"spec is not valid JSON: {exc}") from None
         elif part.name == "artifact":
             chunks, size = [], 0
@@ -104,6 +105,7 @@ class PlatformAPI:
         spec_data, artifact = await _read_upload(request, self.settings.max_artifact_bytes)
         try:
             spec = DeploymentSpec.from_dict(spec_data)
+            spec.check_new()
         except (SpecError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
         hosts = await state.live_hosts(self.redis)
@@ -115,6 +117,8 @@ class PlatformAPI:
             pipe.set(_keys.artifact(name, version), artifact)
             if previous is not None:
                 pipe.delete(_keys.artifact(name, previous.version))
+            else:  # a fresh endpoint starts without keys (none of a deleted namesake's)
+                pipe.delete(_keys.invoke_keys(name))
             pipe.hset(_keys.deployment(name), mapping={
                 "spec": json.dumps(spec.to_dict()), "version": version,
                 "created_at": previous.created_at if previous else now, "updated_at": now,
@@ -213,7 +217,7 @@ class PlatformAPI:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(_keys.DEPLOYMENTS, name)
             pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
-                        _keys.stats(name))
+                        _keys.stats(name), _keys.invoke_keys(name))
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             await pipe.execute()
         hosts = await state.live_hosts(self.redis)
@@ -277,8 +281,108 @@ class PlatformAPI:
         return json_response({"name": name, "lines": lines,
                               "next": lines[-1]["id"] if lines else after})
 
+    async def set_access(self, request: web.Request) -> web.Response:
+        """PATCH {"access": "public" | "key"}: change who may invoke, without a redeploy."""
+        name = _name(request)
+        body = await _json_object(request)
+        unknown = sorted(set(body) - {"access"})
+        if unknown or "access" not in body:
+            raise BadRequest("send {\"access\": \"public\"} or {\"access\": \"key\"}; "
+                             "other fields change with a redeploy")
+        if body["access"] not in ACCESS_MODES:
+            raise BadRequest(f"access={body['access']!r} must be one of "
+                             f"{', '.join(ACCESS_MODES)}")
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}")
+        spec = DeploymentSpec.from_dict({**dep.spec.to_dict(), "access": body["access"]})
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(_keys.deployment(name))  # a redeploy meanwhile wins
+                if int(await pipe.hget(_keys.deployment(name), "version") or 0) != dep.version:
+                    raise WatchError
+                pipe.multi()
+                pipe.hset(_keys.deployment(name), "spec", json.dumps(spec.to_dict()))
+                pipe.publish(_keys.ROUTES_CHANNEL, name)
+                await pipe.execute()
+        except WatchError:
+            raise Conflict(f"{name!r} was redeployed or deleted meanwhile; retry") from None
+        if spec.access != dep.spec.access:
+            await state.record_event(self.redis, name, "access",
+                                     f"invoke access {dep.spec.access} -> {spec.access}",
+                                     frm=dep.desired, to=dep.desired)
+        return json_response({"name": name, "access": spec.access})
+
+    # ---- invoke keys ------------------------------------------------------------------
+    async def create_key(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        body = await _json_object(request)
+        label = body.get("label", "")
+        if set(body) - {"label"} or not isinstance(label, str) or (
+                len(label) > _auth.MAX_LABEL_CHARS):
+            raise BadRequest(f"send {{\"label\": \"...\"}} (at most {_auth.MAX_LABEL_CHARS} "
+                             "characters) or an empty body")
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}; keys belong to a deployment")
+        if await self.redis.hlen(_keys.invoke_keys(name)) >= _auth.MAX_KEYS_PER_ENDPOINT:
+            raise BadRequest(f"{name!r} already has {_auth.MAX_KEYS_PER_ENDPOINT} keys; revoke "
+                             f"unused ones (`lowtide keys ls {name}`)")
+        new, now = _auth.new_key(), time.time()
+        record = {"id": new.id, "sha256": new.digest_hex, "label": label, "created_at": now}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_keys.invoke_keys(name), new.id, json.dumps(record))
+            pipe.publish(_keys.ROUTES_CHANNEL, name)
+            await pipe.execute()
+        note = ("store the key now: it is shown only this once" + (
+            "" if dep.spec.access == "key" else f"; {name!r} is public until its access is "
+            f"'key' (`lowtide access {name} key`)"))
+        return json_response({"id": new.id, "key": new.key, "label": label, "created_at": now,
+                              "endpoint": name, "access": dep.spec.access, "note": note},
+                             status=201)
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        if not await self.redis.exists(_keys.deployment(name)):
+            raise NotFound(f"no deployment named {name!r}")
+        items = []
+        for raw in (await self.redis.hgetall(_keys.invoke_keys(name))).values():
+            rec = json.loads(raw)
+            items.append({"id": rec["id"], "label": rec.get("label", ""),
+                          "created_at": rec.get("created_at"),
+                          "hint": f"lt_{rec['id']}_..."})
+        items.sort(key=lambda k: k["created_at"] or 0)
+        return json_response({"name": name, "keys": items})
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        kid = request.match_info["key_id"]
+        removed = 0
+        if _auth.KEY_ID_PATTERN.fullmatch(kid):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(_keys.invoke_keys(name), kid)
+                pipe.publish(_keys.ROUTES_CHANNEL, name)
+                removed = (await pipe.execute())[0]
+        if not removed:
+            raise NotFound(f"no key {kid!r} for {name!r}; `lowtide keys ls {name}` lists them")
+        return json_response({"name": name, "revoked": kid})
+
     async def hosts(self, request: web.Request) -> web.Response:
         return json_response({"hosts": list((await state.live_hosts(self.redis)).values())})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is {}."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
 
 
 def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
@@ -313,7 +417,7 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.A
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=settings.max_artifact_bytes + (1 << 20),
     )
-    app["token_digest"] = _token_digest(settings.token)
+    app["token_digest"] = bytes.fromhex(settings.token_sha256)
     app["redis"] = redis
     app["max_body_bytes"] = settings.max_artifact_bytes
     api = PlatformAPI(settings, redis, scaler)
@@ -321,9 +425,14 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.A
     app.router.add_get("/v1/deployments", api.list)
     app.router.add_get("/v1/deployments/{name}", api.get)
     app.router.add_delete("/v1/deployments/{name}", api.delete)
+    app.router.add_patch("/v1/deployments/{name}", api.set_access)
+    app.router.add_post("/v1/deployments/{name}/keys", api.create_key)
+    app.router.add_get("/v1/deployments/{name}/keys", api.list_keys)
+    app.router.add_delete("/v1/deployments/{name}/keys/{key_id}", api.revoke_key)
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
     app.router.add_get("/v1/hosts", api.hosts)
     add_health_routes(app, "platform")
+    add_openapi_route(app)
     return app
 

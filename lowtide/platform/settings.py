@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .._home import DEFAULT_ACTIVATOR_URL
@@ -10,7 +11,7 @@ from .._home import DEFAULT_ACTIVATOR_URL
 @dataclass(frozen=True)
 class PlatformSettings:
     redis_url: str
-    token: str
+    token_sha256: str  # hex SHA-256 of the API token: the platform never holds the token
     host: str = "127.0.0.1"
     port: int = 8081
     public_activator_url: str = DEFAULT_ACTIVATOR_URL
@@ -18,8 +19,13 @@ class PlatformSettings:
     max_artifact_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
-        if not self.token:
-            raise ValueError("the platform needs an API token: set LOWTIDE_TOKEN or --token")
+        if not self.token_sha256:
+            raise ValueError("the platform needs an API token: set LOWTIDE_TOKEN_SHA256 (or "
+                             "--token-sha256) to the token's hex SHA-256 digest, or "
+                             "LOWTIDE_TOKEN (--token) to the token itself")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.token_sha256):
+            raise ValueError("token_sha256 must be 64 lowercase hex digits (the output of "
+                             "`printf %s TOKEN | sha256sum`)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} must be in [0, 65535]")
         if self.keep_alive_s is not None and self.keep_alive_s < 0:

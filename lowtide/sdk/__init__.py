@@ -2,6 +2,7 @@
 
 from ._client import Client, Endpoint, Handle, default_client, deploy
 from ._errors import (
+    AuthError,
     BadInput,
     ConfigError,
     DeadlineExceeded,
@@ -14,7 +15,7 @@ from ._errors import (
 )
 
 __all__ = [
-    "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
+    "AuthError", "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
     "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
     "Overloaded", "default_client", "deploy",
 ]

@@ -12,7 +12,7 @@ import httpx
 
 from .._home import ClusterConfig, resolve
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
-from ._errors import ConfigError, DeployError, LowtideError, error_from_response
+from ._errors import AuthError, ConfigError, DeployError, LowtideError, error_from_response
 from ._pickling import parameter_names, pickle_function
 
 _JSON = "application/json"
@@ -39,6 +39,10 @@ def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[st
                 raise TypeError(f"got multiple values for argument {pname!r}")
         kwargs = {**dict(zip(params, args, strict=False)), **kwargs}
     return _JSON, json.dumps(kwargs).encode()
+
+
+def _key_header(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def decode_result(response: httpx.Response) -> Any:
@@ -85,7 +89,9 @@ class Client:
                               "is `lowtide up` running?") from None
         if response.status_code >= 400:
             err = error_from_response(response.status_code, response.content)
-            cls = DeployError if method == "POST" else type(err)
+            if isinstance(err, AuthError):
+                raise err
+            cls = DeployError if method == "POST" and path == "/v1/deployments" else type(err)
             if cls is DeployError:
                 raise DeployError(f"{err.error}: {err.detail}")
             raise err
@@ -94,7 +100,8 @@ class Client:
     def deploy(self, fn: Callable[..., Any], name: str | None = None, *, cpu: float = 1.0,
                memory: str | int = "1Gi", gpu: int = 0, requirements: Iterable[str] = (),
                min_replicas: int = 0, max_replicas: int | None = None,
-               timeout: float = 60.0) -> Endpoint:
+               timeout: float = 60.0, access: str = "public") -> Endpoint:
+        """Deploy fn; `access="key"` makes its invoke URL need a key (`create_key`)."""
         if not callable(fn):
             raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
         name = name or getattr(fn, "__name__", "").replace("_", "-").lower()
@@ -103,9 +110,9 @@ class Client:
                 name=name, cpu=cpu, memory_bytes=parse_memory(memory), gpu=gpu,
                 requirements=list(requirements), min_replicas=min_replicas,
                 max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
-                params=parameter_names(fn),
+                params=parameter_names(fn), access=access,
             )
-            spec.validate()
+            spec.check_new()
         except SpecError as exc:
             raise DeployError(str(exc)) from None
         artifact = pickle_function(fn)
@@ -115,11 +122,27 @@ class Client:
         return Endpoint(self, info["name"], info["url"], spec.params, spec.timeout_s,
                         int(info["version"]))
 
-    def get(self, name: str) -> Endpoint:
+    def get(self, name: str, key: str | None = None) -> Endpoint:
+        """The deployed endpoint `name`; `key` is sent with its calls (access 'key')."""
         status = self.status(name)
         spec = status.get("spec", {})
         return Endpoint(self, name, status["url"], spec.get("params"),
-                        float(spec.get("timeout_s", 60.0)), int(status["version"]))
+                        float(spec.get("timeout_s", 60.0)), int(status["version"]), key=key)
+
+    def set_access(self, name: str, access: str) -> dict[str, Any]:
+        """Make an endpoint 'public' or 'key'-protected, without a redeploy."""
+        return dict(self._api("PATCH", f"/v1/deployments/{name}", json={"access": access}))
+
+    def create_key(self, name: str, label: str = "") -> dict[str, Any]:
+        """A new invoke key of `name`: the result's "key" is shown only this once."""
+        return dict(self._api("POST", f"/v1/deployments/{name}/keys", json={"label": label}))
+
+    def keys(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The invoke keys of `name`: ids, labels and creation times (never the keys)."""
+        return builtins.list(self._api("GET", f"/v1/deployments/{name}/keys")["keys"])
+
+    def revoke_key(self, name: str, key_id: str) -> dict[str, Any]:
+        return dict(self._api("DELETE", f"/v1/deployments/{name}/keys/{key_id}"))
 
     def list(self) -> builtins.list[dict[str, Any]]:
         return builtins.list(self._api("GET", "/v1/deployments")["deployments"])
@@ -141,10 +164,10 @@ class Client:
 
     # ---- data plane -------------------------------------------------------------------
     def _post(self, url: str, content_type: str, body: bytes, timeout_s: float,
-              params: dict[str, str] | None = None) -> httpx.Response:
+              params: dict[str, str] | None = None, key: str | None = None) -> httpx.Response:
         try:
             return self._http.post(url, content=body, params=params, timeout=timeout_s,
-                                   headers={"Content-Type": content_type})
+                                   headers={"Content-Type": content_type, **_key_header(key)})
         except httpx.TransportError as exc:
             raise ConfigError(f"cannot reach the activator at {self.config.activator_url} "
                               f"({exc}); is `lowtide up` running?") from None
@@ -152,13 +175,14 @@ class Client:
     def invoke_url(self, name: str) -> str:
         return f"{self.config.activator_url}/fn/{name}"
 
-    def result(self, request_id: str, timeout: float | None = None) -> Any:
+    def result(self, request_id: str, timeout: float | None = None, key: str | None = None
+               ) -> Any:
         url = f"{self.config.activator_url}/requests/{request_id}"
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = POLL_MIN_S
         while True:
             try:
-                response = self._http.get(url)
+                response = self._http.get(url, headers=_key_header(key))
             except httpx.TransportError as exc:
                 raise ConfigError(f"cannot reach the activator: {exc}") from None
             if response.status_code != 202:
@@ -172,13 +196,15 @@ class Client:
 class Handle:
     """An accepted asynchronous call; `result()` waits for its answer."""
 
-    def __init__(self, client: Client, request_id: str, status_url: str) -> None:
+    def __init__(self, client: Client, request_id: str, status_url: str,
+                 key: str | None = None) -> None:
         self.client = client
         self.id = request_id
         self.status_url = status_url
+        self._key = key
 
     def result(self, timeout: float | None = None) -> Any:
-        return self.client.result(self.id, timeout)
+        return self.client.result(self.id, timeout, self._key)
 
     def __repr__(self) -> str:
         return f"Handle(id={self.id!r})"
@@ -188,15 +214,16 @@ class Endpoint:
     """A deployed function: call it like the function, or submit calls asynchronously."""
 
     def __init__(self, client: Client, name: str, url: str, params: list[str] | None,
-                 timeout_s: float, version: int) -> None:
+                 timeout_s: float, version: int, key: str | None = None) -> None:
         self.client = client
+        self.key = key  # invoke key sent with calls (endpoints whose access is 'key')
         self.name = name
         self.url = url
         self.params = params
         self.timeout_s = timeout_s
         self.version = version
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never shows the key
         return f"Endpoint(name={self.name!r}, url={self.url!r}, version={self.version})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -204,7 +231,7 @@ class Endpoint:
         url = self.client.invoke_url(self.name)
         # the activator answers 504 itself once a request waited or ran too long; wait for it
         wait_s = self.timeout_s + QUEUE_WAIT_ALLOWANCE_S
-        return decode_result(self.client._post(url, content_type, body, wait_s))
+        return decode_result(self.client._post(url, content_type, body, wait_s, key=self.key))
 
     def call(self, **kwargs: Any) -> Any:
         return self(**kwargs)
@@ -212,11 +239,17 @@ class Endpoint:
     def submit(self, *args: Any, **kwargs: Any) -> Handle:
         content_type, body = encode_call(self.params, args, kwargs)
         response = self.client._post(self.client.invoke_url(self.name), content_type, body,
-                                     30.0, params={"async": "1"})
+                                     30.0, params={"async": "1"}, key=self.key)
         if response.status_code != 202:
             raise error_from_response(response.status_code, response.content)
         info = response.json()
-        return Handle(self.client, info["id"], info["status_url"])
+        return Handle(self.client, info["id"], info["status_url"], self.key)
+
+    def create_key(self, label: str = "") -> str:
+        """Create an invoke key, use it for this Endpoint's calls, and return it (it is
+        shown only this once: keep it to call from elsewhere)."""
+        self.key = str(self.client.create_key(self.name, label)["key"])
+        return self.key
 
     def status(self) -> dict[str, Any]:
         return self.client.status(self.name)

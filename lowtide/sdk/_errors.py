@@ -5,6 +5,7 @@
     ├── DeployError          the platform refused a deployment (message says why)
     └── InvocationError      an invocation was answered with an error status
         ├── BadInput             400: the arguments do not fit the function
+        ├── AuthError            401 / 403: no valid token or invoke key (never echoed back)
         ├── EndpointNotFound     404
         ├── Overloaded           429 / 503: a bound was hit, retry later
         ├── FunctionError        500: the function raised (exc_type names the exception)
@@ -42,6 +43,10 @@ class BadInput(InvocationError):
     pass
 
 
+class AuthError(InvocationError):
+    """401: credentials missing or malformed; 403: well formed but not allowed."""
+
+
 class EndpointNotFound(InvocationError):
     pass
 
@@ -61,8 +66,8 @@ class DeadlineExceeded(InvocationError):
 
 
 _BY_STATUS: dict[int, type[InvocationError]] = {
-    400: BadInput, 404: EndpointNotFound, 429: Overloaded, 503: Overloaded,
-    500: FunctionError, 504: DeadlineExceeded,
+    400: BadInput, 401: AuthError, 403: AuthError, 404: EndpointNotFound,
+    429: Overloaded, 503: Overloaded, 500: FunctionError, 504: DeadlineExceeded,
 }
 
 

@@ -95,7 +95,8 @@ def test_from_dict_defaults_and_round_trip() -> None:
 def test_from_dict_full_round_trip() -> None:
     data = {"name": "resnet-50", "cpu": 2.5, "memory_bytes": 8 * GI, "gpu": 1,
             "requirements": ["torch>=2.1", "pillow"], "min_replicas": 1, "max_replicas": 4,
-            "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"]}
+            "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
+            "access": "key"}
     spec = DeploymentSpec.from_dict(data)
     assert spec.to_dict() == data
 

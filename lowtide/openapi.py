@@ -1,0 +1,236 @@
+"""The OpenAPI 3 description of lowtide's HTTP APIs, hand-written (not generated).
+
+`GET /openapi.json` on the platform serves the whole document (control plane, and the invoke
+API with the activator as its server); the activator serves its own part. A test keeps it
+true: every route of both aiohttp apps is in it, and nothing else is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ._auth import KEY_PATTERN
+from ._protocol import MAX_JSON_DEPTH, TIMEOUT_HEADER
+from ._spec import (
+    ACCESS_MODES,
+    MAX_REQUIREMENT_CHARS,
+    MAX_REQUIREMENTS,
+    MAX_TIMEOUT_S,
+    NAME_PATTERN,
+)
+
+ACTIVATOR_SERVER = {"url": "{activator}", "variables": {
+    "activator": {"default": "http://127.0.0.1:8080", "description": "the activator's URL"}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+NAME = {"name": "name", "in": "path", "required": True, "description": "endpoint name",
+        "schema": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}}
+AUTH_ERRORS = {"401": _error("no or malformed credentials (see WWW-Authenticate)"),
+               "403": _error("credentials well formed but not allowed")}
+CONTROL = {"security": [{"token": []}], "tags": ["control plane"]}
+INVOKE = {"tags": ["invoke"], "servers": [ACTIVATOR_SERVER]}
+COMMON = {"/healthz": {"get": {"summary": "Redis reachable", "security": [],
+                               "responses": {"200": _ok("healthy"),
+                                             "503": _error("Redis is unreachable")}}},
+          "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
+              "200": {"description": "Prometheus text",
+                      "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+          "/openapi.json": {"get": {"summary": "this document", "security": [],
+                                    "responses": {"200": _ok("OpenAPI 3 document")}}}}
+
+
+def _control(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, **CONTROL, **extra,
+            "responses": {**responses, **AUTH_ERRORS}}
+
+
+CONTROL_PATHS: dict[str, Any] = {
+    "/v1/deployments": {
+        "post": _control("deploy (or replace) a function", {
+            "200": _ok("replaced"), "201": _ok("created"),
+            "400": _error("bad spec (names the field), or Python version mismatch"),
+            "413": _error("artifact over the limit")},
+            requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["spec", "artifact"], "properties": {
+                    "spec": {"$ref": "#/components/schemas/Spec"},
+                    "artifact": {"type": "string", "format": "binary",
+                                 "description": "the cloudpickled function"}}}}}}),
+        "get": _control("list deployments", {"200": _ok("deployments")}),
+    },
+    "/v1/deployments/{name}": {
+        "parameters": [NAME],
+        "get": _control("status: replicas, queue, limits, keep-alive",
+                        {"200": _ok("status"), "404": _error("no such deployment")}),
+        "delete": _control("delete; buffered requests are answered 404",
+                           {"200": _ok("deleted"), "404": _error("no such deployment")}),
+        "patch": _control("change invoke access without a redeploy", {
+            "200": _ok("new access"), "400": _error("bad body"),
+            "404": _error("no such deployment"),
+            "409": _error("redeployed or deleted meanwhile; retry")},
+            requestBody={"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["access"], "additionalProperties": False,
+                "properties": {"access": {"enum": list(ACCESS_MODES)}}}}}}),
+    },
+    "/v1/deployments/{name}/events": {
+        "parameters": [NAME],
+        "get": _control("scaling decisions with their reasons, newest first", {
+            "200": _ok("events"), "400": _error("bad limit"), "404": _error("no such deployment")},
+            parameters=[{"name": "limit", "in": "query", "schema": {
+                "type": "integer", "minimum": 1, "maximum": 1000}}]),
+    },
+    "/v1/deployments/{name}/logs": {
+        "parameters": [NAME],
+        "get": _control("replica output lines", {
+            "200": _ok("lines"), "400": _error("bad query"), "404": _error("no such deployment")},
+            parameters=[
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1, "maximum": 5000}},
+                {"name": "wait_ms", "in": "query", "schema": {
+                    "type": "integer", "minimum": 0, "maximum": 30000}}]),
+    },
+    "/v1/deployments/{name}/keys": {
+        "parameters": [NAME],
+        "post": _control("create an invoke key (shown once, only its hash is kept)", {
+            "201": _ok("the new key", {"$ref": "#/components/schemas/NewKey"}),
+            "400": _error("bad body, or too many keys"), "404": _error("no such deployment")},
+            requestBody={"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"label": {"type": "string", "maxLength": 200}}}}}}),
+        "get": _control("list invoke keys (ids and labels, never the keys)", {
+            "200": _ok("keys"), "404": _error("no such deployment")}),
+    },
+    "/v1/deployments/{name}/keys/{key_id}": {
+        "parameters": [NAME, {"name": "key_id", "in": "path", "required": True,
+                              "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}}],
+        "delete": _control("revoke an invoke key (refused within about a second)", {
+            "200": _ok("revoked"), "404": _error("no such key")}),
+    },
+    "/v1/hosts": {"get": _control("live host agents and their capacity",
+                                  {"200": _ok("hosts")})},
+}
+
+INVOKE_PATHS: dict[str, Any] = {
+    "/fn/{name}": {
+        "parameters": [NAME],
+        "post": {
+            "summary": "call the function", **INVOKE,
+            "security": [{}, {"invokeKey": []}],
+            "parameters": [
+                {"name": "async", "in": "query", "schema": {"enum": ["1", "true", "yes"]},
+                 "description": "answer 202 with a request id at once"},
+                {"name": TIMEOUT_HEADER, "in": "header", "schema": {
+                    "type": "number", "exclusiveMinimum": 0},
+                 "description": "seconds the function may run, at most the endpoint's timeout"}],
+            "requestBody": {"content": {
+                "application/json": {"schema": {}, "description": (
+                    f"an object is the keyword arguments, any other value the one argument; "
+                    f"at most {MAX_JSON_DEPTH} levels deep")},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {
+                "200": {"description": "the function's result", "content": {
+                    "application/json": {"schema": {}},
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}}},
+                "202": _ok("accepted (async=1)", {"type": "object", "properties": {
+                    "id": {"type": "string"}, "status_url": {"type": "string"}}}),
+                "400": _error("malformed JSON, too deep, arguments do not fit, bad header"),
+                **AUTH_ERRORS,
+                "404": _error("no such endpoint"),
+                "413": _error("body over the limit"),
+                "415": _error("content type other than JSON or octet-stream"),
+                "429": _error("the endpoint's queue is full (Retry-After)"),
+                "500": _error("the function raised (type and message)"),
+                "503": _error("Redis unreachable (Retry-After)"),
+                "504": _error("deadline exceeded"),
+            },
+        },
+    },
+    "/requests/{id}": {
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
+        "get": {
+            "summary": "the stored answer of an async or buffered request", **INVOKE,
+            "security": [{}, {"invokeKey": []}],
+            "responses": {"200": {"description": "the answer (any status the call had)"},
+                          "202": _ok("pending (Retry-After)"), **AUTH_ERRORS,
+                          "404": _error("unknown or expired id"),
+                          "503": _error("Redis unreachable")},
+        },
+    },
+}
+
+COMPONENTS = {
+    "securitySchemes": {
+        "token": {"type": "http", "scheme": "bearer",
+                  "description": "the control-plane token (`lowtide up` writes it)"},
+        "invokeKey": {"type": "http", "scheme": "bearer", "description": (
+            f"an invoke key of the endpoint ({KEY_PATTERN.pattern}); only for endpoints whose "
+            "access is 'key'")},
+    },
+    "schemas": {
+        "Error": {"type": "object", "required": ["error", "detail"], "properties": {
+            "error": {"type": "string"}, "detail": {"type": "string"}}},
+        "Spec": {"type": "object", "required": ["name"], "additionalProperties": False,
+                 "properties": {
+                     "name": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"},
+                     "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 512},
+                     "memory_bytes": {"type": "integer", "minimum": 1},
+                     "gpu": {"type": "integer", "minimum": 0, "maximum": 16},
+                     "requirements": {
+                         "type": "array", "maxItems": MAX_REQUIREMENTS, "items": {
+                             "type": "string", "minLength": 1,
+                             "maxLength": MAX_REQUIREMENT_CHARS},
+                         "description": "PEP 508 requirements of packages on the index, e.g. "
+                         "'numpy>=1.24': no pip options, no URLs or paths"},
+                     "min_replicas": {"type": "integer", "minimum": 0, "maximum": 1000},
+                     "max_replicas": {"type": ["integer", "null"], "minimum": 1,
+                                      "maximum": 1000,
+                                      "description": "null, or at least min_replicas"},
+                     "timeout_s": {"type": "number", "exclusiveMinimum": 0,
+                                   "maximum": MAX_TIMEOUT_S},
+                     "python": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$",
+                                "description": "must be the workers' Python minor version"},
+                     "params": {"type": ["array", "null"], "items": {"type": "string"}},
+                     "access": {"enum": list(ACCESS_MODES)}}},
+        "NewKey": {"type": "object", "properties": {
+            "id": {"type": "string"}, "key": {"type": "string", "description": "shown once"},
+            "label": {"type": "string"}, "created_at": {"type": "number"},
+            "endpoint": {"type": "string"}, "access": {"enum": list(ACCESS_MODES)},
+            "note": {"type": "string"}}},
+    },
+}
+
+
+def document(component: str = "platform") -> dict[str, Any]:
+    """The platform's document (both APIs) or the activator's (its part)."""
+    paths = {**CONTROL_PATHS, **INVOKE_PATHS} if component == "platform" else dict(INVOKE_PATHS)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"lowtide {component}", "version": "1",
+                 "description": "Errors are JSON {error, detail}; see README.md, HTTP."},
+        "paths": {**paths, **COMMON},
+        "components": COMPONENTS,
+    }
+
+
+def add_openapi_route(app: web.Application, component: str = "platform") -> None:
+    body = json.dumps(document(component))
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
