@@ -72,6 +72,7 @@ from .settings import ActivatorSettings
 log = logging.getLogger(__name__)
 
 REPLY_MARGIN_S = 2.0  # beyond a request's own limits, for the answer to travel back
+START_GRACE_S = 1.0  # past a request's latest start before it counts as never started
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 FLUSH_S = 1.0
 
@@ -175,7 +176,7 @@ class Activator:
                     start_by=time.time() + self.settings.max_queue_wait_s)
         self._arrivals[name] += 1
         if request.query.get("async") in ("1", "true", "yes"):
-            request_id = await self._buffer(endpoint, call, reply_to="")
+            request_id, _ = await self._buffer(endpoint, call, reply_to="")
             status_url = f"{self._base_url(request)}/requests/{request_id}"
             REQUESTS.labels(name, "async", "202").inc()
             return json_response({"id": request_id, "status_url": status_url}, status=202,
@@ -279,8 +280,9 @@ class Activator:
             replica.in_flight -= 1
 
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,
-                      request_id: str = "") -> str:
-        """Append the request to the endpoint's stream; wake the platform when it is cold."""
+                      request_id: str = "") -> tuple[str, bytes]:
+        """Append the request to the endpoint's stream; wake the platform when it is cold.
+        Returns the request id and the stream entry id."""
         if self.backlog.full(endpoint.name):
             raise TooManyRequests(
                 f"{endpoint.name!r} has about {self.backlog.depth(endpoint.name)} requests "
@@ -295,21 +297,29 @@ class Activator:
                 pipe.xadd(_keys.stream(endpoint.name), entry.to_fields())
                 if not endpoint.ready():
                     pipe.publish(_keys.WAKE_CHANNEL, endpoint.name)
-                await pipe.execute()
+                replies = await pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"cannot buffer the request, Redis is unreachable: {exc}",
                               headers={"Retry-After": "1"}) from None
         self.backlog.add(endpoint.name)
-        return request_id
+        return request_id, replies[1]
 
     async def _buffer_and_wait(self, endpoint: EndpointRoute, call: Call) -> Result:
         request_id = uuid.uuid4().hex
         fut = self.replies.expect(request_id)  # before the entry exists: no answer is missed
         self.waiting[endpoint.name] += 1
         try:
-            await self._buffer(endpoint, call, self.id, request_id)
-            wait_s = call.start_by + call.timeout_s + REPLY_MARGIN_S - time.time()
-            result = await self.replies.wait(request_id, fut, wait_s)
+            _, entry_id = await self._buffer(endpoint, call, self.id, request_id)
+            # first until the latest start: a request no replica took by then never runs
+            # (a replica answers a late entry without running it), so it is answered now
+            # rather than after the function's timeout as well
+            result = await self.replies.wait(
+                request_id, fut, call.start_by + START_GRACE_S - time.time())
+            if result is None and await self._never_started(endpoint.name, entry_id):
+                return self._not_started(endpoint, request_id)
+            if result is None:
+                wait_s = call.start_by + call.timeout_s + REPLY_MARGIN_S - time.time()
+                result = await self.replies.wait(request_id, fut, wait_s)
         finally:
             self.replies.forget(request_id)
             self.waiting[endpoint.name] -= 1
@@ -319,6 +329,29 @@ class Activator:
                                 f"({self.settings.max_queue_wait_s:g} s) plus the function's "
                                 f"timeout ({call.timeout_s:g} s)", request_id=request_id)
         return result
+
+    async def _never_started(self, name: str, entry_id: bytes) -> bool:
+        """True when no replica took the entry (it is then removed from the stream): a
+        replica that takes it after this answers it as expired without running it."""
+        stream = _keys.stream(name)
+        try:
+            taken = await self.redis.xpending_range(stream, _keys.STREAM_GROUP, min=entry_id,
+                                                    max=entry_id, count=1)
+            if taken:
+                return False
+            return bool(await self.redis.xdel(stream, entry_id))
+        except RedisError as exc:
+            log.warning("could not check queued request %s of %s: %s", entry_id, name, exc)
+            return False  # keep waiting for an answer until the full deadline
+
+    def _not_started(self, endpoint: EndpointRoute, request_id: str) -> Result:
+        wait = f"{self.settings.max_queue_wait_s:g} s"
+        if not endpoint.ready():
+            return error_result(
+                503, "unavailable", f"no replica of {endpoint.name!r} became ready within "
+                f"{wait}; `lowtide status {endpoint.name}` says why", request_id=request_id)
+        return error_result(504, "deadline exceeded", f"no replica of {endpoint.name!r} had "
+                            f"room for the request within {wait}", request_id=request_id)
 
 
 def build_app(activator: Activator) -> web.Application:
