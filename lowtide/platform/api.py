@@ -202,6 +202,7 @@ class PlatformAPI:
             "keep_alive": {"keep_s": keep_alive.keep_s, "prewarm_s": keep_alive.prewarm_s,
                            "reason": keep_alive.reason},
             "panic": policy.panicking(now),
+            "placement": self.scaler.unplaced(name),
             "last_decision": dep.last_decision,
         }
 
@@ -278,7 +279,12 @@ class PlatformAPI:
                               "next": lines[-1]["id"] if lines else after})
 
     async def hosts(self, request: web.Request) -> web.Response:
-        return json_response({"hosts": list((await state.live_hosts(self.redis)).values())})
+        """Live hosts in `hosts`, lost ones (no heartbeat; forgotten after a while) in `lost`:
+        per host its kind, capacity, allocated, utilization and replicas."""
+        views = state.describe_hosts(await state.all_hosts(self.redis),
+                                     await state.all_replicas(self.redis), time.time())
+        return json_response({"hosts": [v for v in views if v["state"] == "live"],
+                              "lost": [v for v in views if v["state"] != "live"]})
 
 
 def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
@@ -298,7 +304,7 @@ def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None
                   ) -> dict[str, Any]:
     beat = r.alive or {}
     return {"id": r.id, "state": r.state if r.alive or r.state != "ready" else "lost",
-            "version": r.version, "host": r.host, "address": r.address,
+            "version": r.version, "host": r.host, "address": r.address, "gpus": r.gpus,
             "in_flight": beat.get("in_flight", 0), "limit": beat.get("limit", r.limit),
             "no_load_ms": beat.get("no_load_ms"), "recent_ms": beat.get("recent_ms"),
             "limit_reason": beat.get("limit_reason"),

@@ -28,7 +28,7 @@ from .. import _keys
 from .._redis import follow
 from . import state
 from .keepalive import KeepAlive
-from .placement import choose_host
+from .placement import Need, host_view, place
 from .policy import Autoscaler, AutoscalerSettings, Decision, Observation
 from .state import Deployment, ReplicaRecord
 
@@ -41,6 +41,7 @@ ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
 STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
+HOST_FORGET_S = 600.0  # a lost host stays visible (GET /v1/hosts "lost") this long
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Scaler:
         self._said: dict[str, str] = {}
         self._policies: dict[str, Autoscaler] = {}
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
+        self._lost_since: dict[str, float] = {}  # host id -> when it was found lost
+        self._dropped_on: dict[str, set[str]] = {}  # host id -> endpoints that lost replicas
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -77,6 +80,10 @@ class Scaler:
     def keep_alive(self, name: str) -> KeepAlive:
         """The endpoint's current keep-alive window and why (for status)."""
         return self.policy(name).keep_alive()
+
+    def unplaced(self, name: str) -> str | None:
+        """Why the endpoint's missing replicas cannot be placed now (None: nothing pending)."""
+        return self._said.get(name)
 
     def poke(self, name: str) -> None:
         self._poked.add(name)
@@ -95,6 +102,10 @@ class Scaler:
                 if time.monotonic() >= next_full:
                     next_full = time.monotonic() + self.settings.tick_s
                     names |= {n.decode() for n in await self._members()}
+                    try:
+                        await self.watch_hosts(self.clock())
+                    except RedisError as exc:
+                        log.warning("watching hosts failed: %s", exc)
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
@@ -113,6 +124,41 @@ class Scaler:
         except RedisError as exc:
             log.warning("cannot list deployments: %s", exc)
             return set()
+
+    async def watch_hosts(self, now: float) -> None:
+        """Say once when a host is lost (its replicas are dropped by reconcile, which sees
+        their host gone), void its queued commands, and forget it after HOST_FORGET_S."""
+        hosts = await state.all_hosts(self.redis)
+        for host_id, host in hosts.items():
+            if host["state"] == "live":
+                if self._lost_since.pop(host_id, None) is not None:
+                    log.info("host %s is back", host_id)
+                continue
+            if host_id not in self._lost_since:
+                self._lost_since[host_id] = now
+                await self._host_lost(host_id)
+            elif now - self._lost_since[host_id] > HOST_FORGET_S:
+                await state.forget_host(self.redis, host_id)
+                self._lost_since.pop(host_id, None)
+                log.info("forgot host %s, lost for over %g s", host_id, HOST_FORGET_S)
+
+    async def _host_lost(self, host_id: str) -> None:
+        text = (f"host {host_id} lost: no heartbeat for over {_keys.HOST_ALIVE_TTL_S} s; its "
+                "replicas are out of routing and replaced on other hosts, and the requests "
+                "they held are run again")
+        log.warning("%s", text)
+        for queue_name in (_keys.host_queue(host_id), _keys.host_build_queue(host_id)):
+            queue = Queue(queue_name, connection=self.sync_redis)
+            await asyncio.to_thread(queue.empty)  # void; a returning agent stops the
+        endpoints = self._dropped_on.pop(host_id, set())  # replicas it still runs
+        for name, records in (await state.all_replicas(self.redis)).items():
+            if any(r.host == host_id for r in records):
+                endpoints.add(name)
+        for name in sorted(endpoints):
+            dep = await state.load_deployment(self.redis, name)
+            desired = dep.desired if dep is not None else 0
+            await state.record_event(self.redis, name, "replica", text, frm=desired,
+                                     to=desired)
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
@@ -200,7 +246,7 @@ class Scaler:
         for r in replicas:
             problem = await self._problem(r, hosts, now)
             if problem is not None:
-                await self._drop(dep, r, problem, now)
+                await self._drop(dep, r, problem, now, hosts)
                 continue
             if r.version != dep.version and r.state != "stopping":
                 await self.stop(dep.spec.name, r, hosts)
@@ -212,14 +258,21 @@ class Scaler:
         if r.state == "crashed":
             code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
             return f"replica {r.id} failed: exited with code {code}: {last}"
+        if r.host and r.host not in hosts and r.state != "starting":
+            return (f"replica {r.id} lost with its host {r.host} (no host heartbeat for over "
+                    f"{_keys.HOST_ALIVE_TTL_S} s)")
         if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
-            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s"
+            beat = (hosts.get(r.host) or {}).get("load") or {}
+            host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
+                "at" in beat and now - beat["at"] > 2) else ""
+            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s{host_age}"
         stopping_since = float(r.extra.get("stopping_at", r.created_at))
         if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
             return f"replica {r.id} stopped"
         if r.state == "starting":
-            if r.host not in hosts:
-                return f"replica {r.id} failed to start: host {r.host!r} is gone"
+            if r.host not in hosts:  # not the function's fault: no failure backoff
+                return (f"replica {r.id} lost while starting: host {r.host!r} stopped "
+                        "heartbeating")
             if age_s > self.settings.start_timeout_s:
                 return (f"replica {r.id} failed to start within "
                         f"{self.settings.start_timeout_s:g} s")
@@ -240,11 +293,14 @@ class Scaler:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         return lines[-1] if lines else "the start job failed"
 
-    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float) -> None:
+    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float,
+                    hosts: dict[str, Any]) -> None:
         name = dep.spec.name
         await state.remove_replica(self.redis, name, r.id)
-        if r.host:
+        if r.host in hosts:
             await self.enqueue(r.host, "stop_replica", name, r.id)
+        elif r.host and r.host not in self._lost_since:  # say so when the host is found lost
+            self._dropped_on.setdefault(r.host, set()).add(name)
         if "failed" in why:
             n = self._failures[name] = self._failures.get(name, 0) + 1
             backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
@@ -276,22 +332,32 @@ class Scaler:
 
     async def _start(self, dep: Deployment, current: list[ReplicaRecord],
                      hosts: dict[str, Any], now: float) -> bool:
-        name = dep.spec.name
+        name, spec = dep.spec.name, dep.spec
         per_host: dict[str, int] = {}
         for r in current:
             per_host[r.host] = per_host.get(r.host, 0) + 1
-        host = choose_host(hosts, per_host)
-        if host is None:
-            await self._say_once(dep, "no live host to place a replica on; start `lowtide agent`")
+        held = state.allocated(await state.all_replicas(self.redis))  # fresh: one at a time
+        need = Need(spec.cpu, spec.memory_bytes, spec.gpu, spec.gpu_memory_bytes)
+        placement = place(need, [host_view(h, held.get(h_id), per_host.get(h_id, 0))
+                                 for h_id, h in hosts.items()])
+        if placement.host is None:
+            await self._say_once(dep, placement.reason)
             return False
-        self._said.pop(name, None)
+        if self._said.pop(name, None) is not None:
+            log.info("%s: placement possible again", name)
         record = ReplicaRecord(id=f"r-{uuid.uuid4().hex[:10]}", version=dep.version,
-                               state="starting", host=host, created_at=now)
+                               state="starting", host=placement.host, created_at=now,
+                               cpu=spec.cpu, memory_bytes=spec.memory_bytes,
+                               gpus=list(placement.gpus))
         await state.save_replica(self.redis, name, record)
-        await self.enqueue(host, "start_replica", name, dep.version, record.id,
-                            job_id=f"start-{record.id}")
+        await self.enqueue(placement.host, "start_replica", name, dep.version, record.id,
+                           list(placement.gpus) or None, job_id=f"start-{record.id}")
         current.append(record)
-        log.info("%s: starting replica %s v%d on %s", name, record.id, dep.version, host)
+        await state.record_event(self.redis, name, "replica",
+                                 f"starting replica {record.id} {placement.reason}",
+                                 frm=dep.desired, to=dep.desired, now=now)
+        log.info("%s: starting replica %s v%d %s", name, record.id, dep.version,
+                 placement.reason)
         return True
 
     async def stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
