@@ -143,7 +143,8 @@ def _place_cpu(need: Need, hosts: list[Host]) -> Placement:
 
 
 def _place_gpu(need: Need, hosts: list[Host]) -> Placement:
-    what = f"{need.gpu} GPU{'s' if need.gpu > 1 else ''}"
+    what = f"{need.gpu} GPU{'s' if need.gpu > 1 else ''}" + (
+        f" with {_size(need.gpu_memory_bytes)}" if need.gpu_memory_bytes else "")
     gpu_hosts = [h for h in hosts if h.gpus]
     if not gpu_hosts:
         return Placement(None, reason=f"needs {what}; no host has a GPU "
@@ -151,9 +152,8 @@ def _place_gpu(need: Need, hosts: list[Host]) -> Placement:
     big = [h for h in gpu_hosts
            if sum(g.memory_bytes >= need.gpu_memory_bytes for g in h.gpus) >= need.gpu]
     if not big:
-        sized = f" with {_size(need.gpu_memory_bytes)}" if need.gpu_memory_bytes else ""
         largest = max(len(h.gpus) for h in gpu_hosts)
-        return Placement(None, reason=f"needs {what}{sized} on one host; no host has that "
+        return Placement(None, reason=f"needs {what} on one host; no host has that "
                          f"many such GPUs (at most {largest} GPU{'s' if largest > 1 else ''}"
                          f" on a host, up to {_size(_largest_gpu(gpu_hosts))} each)")
     free = [h for h in big if len(h.free_gpus(need.gpu_memory_bytes)) >= need.gpu]

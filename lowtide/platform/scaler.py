@@ -42,6 +42,7 @@ STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
 HOST_FORGET_S = 600.0  # a lost host stays visible (GET /v1/hosts "lost") this long
+RECENT_LOSS_S = 30.0  # replicas lost this long before their host are blamed on it
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class Scaler:
         self._policies: dict[str, Autoscaler] = {}
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
         self._lost_since: dict[str, float] = {}  # host id -> when it was found lost
-        self._dropped_on: dict[str, set[str]] = {}  # host id -> endpoints that lost replicas
+        # host id -> endpoint -> when it last lost a replica there (its host may be next)
+        self._lost_on: dict[str, dict[str, float]] = {}
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -136,13 +138,13 @@ class Scaler:
                 continue
             if host_id not in self._lost_since:
                 self._lost_since[host_id] = now
-                await self._host_lost(host_id)
+                await self._host_lost(host_id, now)
             elif now - self._lost_since[host_id] > HOST_FORGET_S:
                 await state.forget_host(self.redis, host_id)
                 self._lost_since.pop(host_id, None)
                 log.info("forgot host %s, lost for over %g s", host_id, HOST_FORGET_S)
 
-    async def _host_lost(self, host_id: str) -> None:
+    async def _host_lost(self, host_id: str, now: float) -> None:
         text = (f"host {host_id} lost: no heartbeat for over {_keys.HOST_ALIVE_TTL_S} s; its "
                 "replicas are out of routing and replaced on other hosts, and the requests "
                 "they held are run again")
@@ -150,7 +152,8 @@ class Scaler:
         for queue_name in (_keys.host_queue(host_id), _keys.host_build_queue(host_id)):
             queue = Queue(queue_name, connection=self.sync_redis)
             await asyncio.to_thread(queue.empty)  # void; a returning agent stops the
-        endpoints = self._dropped_on.pop(host_id, set())  # replicas it still runs
+        recent = self._lost_on.pop(host_id, {})  # replicas it still runs
+        endpoints = {name for name, at in recent.items() if now - at <= RECENT_LOSS_S}
         for name, records in (await state.all_replicas(self.redis)).items():
             if any(r.host == host_id for r in records):
                 endpoints.add(name)
@@ -299,8 +302,12 @@ class Scaler:
         await state.remove_replica(self.redis, name, r.id)
         if r.host in hosts:
             await self.enqueue(r.host, "stop_replica", name, r.id)
-        elif r.host and r.host not in self._lost_since:  # say so when the host is found lost
-            self._dropped_on.setdefault(r.host, set()).add(name)
+        if " lost" in why and r.host:  # the host may be found lost next: say so then
+            lost_here = self._lost_on.setdefault(r.host, {})
+            lost_here[name] = now
+            for other, at in list(lost_here.items()):
+                if now - at > RECENT_LOSS_S:
+                    del lost_here[other]
         if "failed" in why:
             n = self._failures[name] = self._failures.get(name, 0) + 1
             backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
@@ -338,8 +345,15 @@ class Scaler:
             per_host[r.host] = per_host.get(r.host, 0) + 1
         held = state.allocated(await state.all_replicas(self.redis))  # fresh: one at a time
         need = Need(spec.cpu, spec.memory_bytes, spec.gpu, spec.gpu_memory_bytes)
-        placement = place(need, [host_view(h, held.get(h_id), per_host.get(h_id, 0))
-                                 for h_id, h in hosts.items()])
+        views = [host_view(h, held.get(h_id), per_host.get(h_id, 0))
+                 for h_id, h in hosts.items()]
+        # not where this endpoint's replicas just went silent (that host may be dying and
+        # still look live for a few seconds), unless nothing else fits
+        shunned = {h for h, lost in self._lost_on.items()
+                   if now - lost.get(name, -RECENT_LOSS_S) < RECENT_LOSS_S}
+        placement = place(need, [v for v in views if v.id not in shunned])
+        if placement.host is None and shunned:
+            placement = place(need, views)
         if placement.host is None:
             await self._say_once(dep, placement.reason)
             return False
