@@ -199,6 +199,7 @@ class Scaler:
             [counted.last_request_at, dep.updated_at]
             + [float(b.get("last_done_at", 0)) for b in beats]
         )
+        settled = [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S]
         limits = [int(r.alive.get("limit", r.limit)) for r in ready if r.alive] or [
             state.DEFAULT_LIMIT]
         return Observation(
@@ -214,9 +215,10 @@ class Scaler:
             max_replicas=dep.spec.max_replicas,
             last_request_at=counted.last_request_at,
             arrival_rate_per_s=self._arrival_rate(name, counted.requests, now),
-            cpu_utilization=cpu_utilization(
-                [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S],
-                state.replica_cpu_cores(hosts), dep.spec.cpu),
+            cpu_utilization=cpu_utilization(settled, state.replica_cpu_cores(hosts),
+                                            dep.spec.cpu),
+            gpu_utilization=gpu_utilization(settled, state.replica_gpu_percent(hosts),
+                                            dep.spec.gpu) if dep.spec.gpu else None,
         )
 
     def _arrival_rate(self, name: str, requests: int, now: float) -> float:
@@ -409,3 +411,14 @@ def cpu_utilization(ready: list[ReplicaRecord], cores_used: dict[str, float],
     if not measured:
         return None
     return round(sum(measured) / len(measured) / max(cores_requested, 0.01), 3)
+
+
+def gpu_utilization(ready: list[ReplicaRecord], percent_used: dict[str, float],
+                    gpus_requested: int) -> float | None:
+    """Mean GPU utilization of the ready replicas that were measured (1.0 = all their GPUs
+    busy; NVML's per-process SM utilization summed over the replica's processes and GPUs);
+    None when none was."""
+    measured = [percent_used[r.id] for r in ready if r.id in percent_used]
+    if not measured or gpus_requested < 1:
+        return None
+    return round(sum(measured) / len(measured) / (100.0 * gpus_requested), 3)

@@ -150,6 +150,15 @@ def replica_cpu_cores(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
     return used
 
 
+def replica_gpu_percent(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """GPU utilization (percent, summed over its GPUs) per replica id, from the heartbeats."""
+    used: dict[str, float] = {}
+    for host in hosts.values():
+        for rid, use in ((host.get("load") or {}).get("replica_gpu") or {}).items():
+            used[rid] = float(use.get("utilization_percent") or 0.0)
+    return used
+
+
 async def record_event(
     redis: Redis, name: str, kind: str, reason: str, *, frm: int, to: int,
     inputs: dict[str, Any] | None = None, now: float | None = None,

@@ -211,7 +211,23 @@ class Agent:
             "health_port": getattr(self, "http_port", None),
         }
         self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(self._host))
+        self._warn_if_unreachable()
         self._heartbeat()
+
+    def _warn_if_unreachable(self) -> None:
+        """A loopback address serves other hosts' activators only on one machine."""
+        mine = self.settings.advertise_address
+        if not mine.startswith("127.") and mine not in ("localhost", "::1"):
+            return
+        others = [json.loads(v).get("address", "") for k, v in
+                  self.redis.hgetall(_keys.HOSTS).items() if k.decode() != self.settings.host_id]
+        remote = sorted({a for a in others if a and not a.startswith("127.")
+                         and a not in ("localhost", "::1")})
+        if remote:
+            log.warning("this host advertises %s but other hosts are at %s: their "
+                        "activators cannot reach these replicas; start the agent with "
+                        "--advertise-address (LOWTIDE_ADVERTISE_ADDRESS) set to an address "
+                        "they can reach", mine, ", ".join(remote))
 
     def _heartbeat(self) -> None:
         with self._lock:
