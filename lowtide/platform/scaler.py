@@ -175,6 +175,7 @@ class Scaler:
         if dep is None:
             self._policies.pop(name, None)
             self._arrivals.pop(name, None)
+            self._said.pop(name, None)
             return None
         now = self.clock()
         hosts = await state.live_hosts(self.redis)
@@ -326,6 +327,8 @@ class Scaler:
         if any(r.state == "ready" for r in current):
             self._failures.pop(name, None)
         missing = desired - len(current)
+        if missing <= 0:
+            self._said.pop(name, None)  # nothing waits for a host any more
         if missing > 0 and now >= self._backoff_until.get(name, 0.0):
             hosts = await state.live_hosts(self.redis)
             for _ in range(missing):

@@ -178,3 +178,27 @@ def test_agent_refuses_bad_overcommit(tmp_path: Path, value: str,
 def test_status_without_a_name_shows_hosts(tmp_path: Path) -> None:
     args = build_parser({"LOWTIDE_HOME": str(tmp_path)}).parse_args(["status"])
     assert args.name is None
+
+
+# ---- GPU pinning ----------------------------------------------------------------------
+def test_replicas_are_pinned_to_their_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    from lowtide.workers.agent import Agent, AgentSettings
+    from lowtide.workers.resources import GpuInfo, Gpus
+
+    monkeypatch.setenv("BENTOML_HOME", "unset")  # the agent sets it; restored after
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
+    agent = Agent(AgentSettings("redis://127.0.0.1:1", tmp_path, pool=False, gpus=False))
+    assert agent._gpu_env(()) == {}  # a CPU host: the environment is left alone
+    agent.gpus = Gpus(None, [0, 1], [GpuInfo(0, "H100", 80 * GI), GpuInfo(1, "H100", 80 * GI)])
+    assert agent._gpu_env((1,)) == {"CUDA_VISIBLE_DEVICES": "1",
+                                    "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert agent._gpu_env((0, 1))["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert agent._gpu_env(())["CUDA_VISIBLE_DEVICES"] == ""  # CPU work on a GPU host: none
+
+
+def test_agent_settings_refuse_bad_overcommit(tmp_path: Path) -> None:
+    from lowtide.workers.agent import AgentSettings
+
+    with pytest.raises(ValueError, match=r"cpu_overcommit=0\.5 must be in"):
+        AgentSettings("redis://127.0.0.1:1", tmp_path, cpu_overcommit=0.5)
