@@ -369,8 +369,9 @@ class Scaler:
                                cpu=spec.cpu, memory_bytes=spec.memory_bytes,
                                gpus=list(placement.gpus))
         await state.save_replica(self.redis, name, record)
+        gpus = [list(placement.gpus)] if placement.gpus else []  # an older agent takes none
         await self.enqueue(placement.host, "start_replica", name, dep.version, record.id,
-                           list(placement.gpus) or None, job_id=f"start-{record.id}")
+                           *gpus, job_id=f"start-{record.id}")
         current.append(record)
         await state.record_event(self.redis, name, "replica",
                                  f"starting replica {record.id} {placement.reason}",

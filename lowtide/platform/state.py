@@ -150,13 +150,18 @@ def replica_cpu_cores(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
     return used
 
 
-def replica_gpu_percent(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """GPU utilization (percent, summed over its GPUs) per replica id, from the heartbeats."""
-    used: dict[str, float] = {}
+def replica_gpu(hosts: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """GPU memory_bytes and utilization_percent (summed over its GPUs) per replica id, from
+    the heartbeats of GPU hosts."""
+    used: dict[str, dict[str, float]] = {}
     for host in hosts.values():
-        for rid, use in ((host.get("load") or {}).get("replica_gpu") or {}).items():
-            used[rid] = float(use.get("utilization_percent") or 0.0)
+        used.update((host.get("load") or {}).get("replica_gpu") or {})
     return used
+
+
+def replica_gpu_percent(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {rid: float(use.get("utilization_percent") or 0.0)
+            for rid, use in replica_gpu(hosts).items()}
 
 
 async def record_event(
