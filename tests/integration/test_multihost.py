@@ -170,11 +170,32 @@ def _load(url: str, stop: threading.Event, results: list[tuple[int, int, Any]],
             i += 1
 
 
+def _pending(redis_url: str, name: str, replica_ids: set[str]) -> int:
+    """Entries of the endpoint's stream that one of these replicas took and has not
+    answered yet."""
+    from redis import Redis
+
+    from lowtide import _keys
+
+    with Redis.from_url(redis_url) as r:
+        summary = r.xpending(_keys.stream(name), _keys.STREAM_GROUP)
+    return sum(int(c["pending"]) for c in summary.get("consumers") or []
+               if c["name"].decode().split(".")[0] in replica_ids)
+
+
+def _answer(status_url: str) -> Any:
+    r = httpx.get(status_url, timeout=10)
+    if r.status_code == 202:
+        return None
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def test_spread_then_failover_loses_no_request(multihost: MultiHost) -> None:
-    def work(x):
+    def work(x, sleep=0.05):
         import time as t
 
-        t.sleep(0.05)
+        t.sleep(sleep)
         return x * 2
 
     client = multihost.client()
@@ -204,6 +225,11 @@ def test_spread_then_failover_loses_no_request(multihost: MultiHost) -> None:
     try:
         wait_for(lambda: len(results) >= 40, 60, "load to run")
         killed_ids = {r["id"] for r in first if r["host"] == "h2"}
+        # slow requests through the stream: h2's replica must hold some when it dies
+        held = [httpx.post(f"{ep.url}?async=1", json={"x": 7000 + i, "sleep": 2.0},
+                           timeout=30).json()["status_url"] for i in range(12)]
+        wait_for(lambda: _pending(multihost.redis_url, name, killed_ids), 30,
+                 "h2's replica to hold buffered requests")
         multihost.kill_host("h2")
         killed_at = len(results)
 
@@ -223,6 +249,10 @@ def test_spread_then_failover_loses_no_request(multihost: MultiHost) -> None:
 
     bad = [r for r in results if r[1] != 200 or r[2] != r[0] * 2]
     assert not bad, bad[:5]  # every accepted request answered, and right
+    # those h2's replica held were claimed from the stream by the others, run and answered
+    answers = [wait_for(lambda url=url: _answer(url), MAX_QUEUE_WAIT_S + 30, url)
+               for url in held]
+    assert sorted(a for a in answers) == [2 * (7000 + i) for i in range(12)]
     assert not killed_ids & {r["id"] for r in final}
 
     def host_lost_said() -> list[str] | None:  # within a second of the host's TTL
