@@ -390,7 +390,7 @@ def print_hosts(hosts: dict[str, Any]) -> None:
               + (f"  [{labels}]" if labels else ""))
         cpu_used = "-" if use["cpu_percent"] is None else f"{use['cpu_percent']:g}"
         print(f"  cpu     {alloc['cpu']:g}/{cap['cpu_schedulable']:g} cores allocated "
-              f"({cap['cpus']} cores)  used {cpu_used}%")
+              f"({cap['cpus']:g} cores)  used {cpu_used}%")
         print(f"  memory  {_size(alloc['memory_bytes'])}/{_size(cap['memory_bytes'])} allocated"
               f"  used {_size(use['memory_used_bytes'])}")
         used_gpus = {g["index"]: g for g in use.get("gpus") or []}

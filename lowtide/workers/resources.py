@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -128,11 +131,44 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """Cores this process may use: the CPU affinity, lowered by a cgroup CPU quota (a
+    container's `--cpus`), which psutil.cpu_count() does not see."""
+    try:
+        cores = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = float(psutil.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup)
+    return max(1.0, min(cores, quota)) if quota else max(1.0, cores)
+
+
+def _cgroup_cpu_quota(cgroup: Path) -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000"
+        return None if limit == "max" else math.ceil(int(limit) / int(period) * 100) / 100
+    with contextlib.suppress(OSError, ValueError):  # v1
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else math.ceil(quota_us / period_us * 100) / 100
+    return None
+
+
+def usable_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The machine's memory, lowered by a cgroup memory limit (a container's `--memory`)."""
+    total = int(psutil.virtual_memory().total)
+    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = path.read_text().strip()
+            if text != "max":
+                return min(total, int(text))  # v1 says "no limit" with a huge number
+    return total
+
+
 def host_capacity(gpus: Gpus) -> dict[str, Any]:
     """Registration fields: what the host has."""
     return {
-        "cpus": psutil.cpu_count() or 1,
-        "memory_bytes": psutil.virtual_memory().total,
+        "cpus": usable_cpus(),
+        "memory_bytes": usable_memory_bytes(),
         "gpus": [asdict(g) for g in gpus.info],
         "kind": "gpu" if gpus.info else "cpu",
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -129,3 +130,38 @@ def test_parse_labels(raw: list[str], labels: dict[str, str]) -> None:
 def test_parse_labels_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="is not key=value"):
         parse_labels([bad])
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "50000 100000\n"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], expected: float | None
+                          ) -> None:
+    from lowtide.workers.resources import _cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_usable_cpus_and_memory_follow_the_cgroup(tmp_path: Path) -> None:
+    import psutil
+
+    from lowtide.workers.resources import usable_cpus, usable_memory_bytes
+
+    assert 1 <= usable_cpus(tmp_path) <= (psutil.cpu_count() or 1)
+    assert usable_memory_bytes(tmp_path) == psutil.virtual_memory().total
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    (tmp_path / "memory.max").write_text(f"{GI}\n")
+    assert (usable_cpus(tmp_path), usable_memory_bytes(tmp_path)) == (1.0, GI)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert usable_memory_bytes(tmp_path) == psutil.virtual_memory().total
