@@ -15,6 +15,7 @@ ROUTES_CHANNEL = PREFIX + "routes"  # pubsub: endpoint name whose replicas or sp
 STREAM_GROUP = "replicas"  # consumer group of every request stream
 
 RESULT_TTL_S = 3600
+HOST_ALIVE_TTL_S = 5  # a host whose agent has not beaten for this long is lost
 REQUEST_TTL_S = 3600
 
 

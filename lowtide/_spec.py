@@ -91,6 +91,7 @@ class DeploymentSpec:
     cpu: float = 1.0
     memory_bytes: int = 2**30
     gpu: int = 0
+    gpu_memory_bytes: int = 0  # memory each assigned GPU must have; 0: any GPU
     requirements: list[str] = field(default_factory=list)
     min_replicas: int = 0
     max_replicas: int | None = None
@@ -129,6 +130,10 @@ class DeploymentSpec:
 
     def validate(self) -> None:
         check_name(self.name)
+        self._validate_resources()
+        self._validate_rest()
+
+    def _validate_resources(self) -> None:
         if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not (
             0 < self.cpu <= 512
         ):
@@ -139,6 +144,16 @@ class DeploymentSpec:
             raise SpecError(f"memory={self.memory_bytes!r} must be a positive number of bytes")
         if isinstance(self.gpu, bool) or not isinstance(self.gpu, int) or not 0 <= self.gpu <= 16:
             raise SpecError(f"gpu={self.gpu!r} must be a whole number of GPUs in [0, 16]")
+        if isinstance(self.gpu_memory_bytes, bool) or not isinstance(
+            self.gpu_memory_bytes, int
+        ) or self.gpu_memory_bytes < 0:
+            raise SpecError(f"gpu_memory={self.gpu_memory_bytes!r} must be a number of bytes "
+                            "(or e.g. '16Gi' in deploy())")
+        if self.gpu_memory_bytes and not self.gpu:
+            raise SpecError(f"gpu_memory={self.gpu_memory_bytes!r} needs gpu >= 1: it is the "
+                            "memory each assigned GPU must have")
+
+    def _validate_rest(self) -> None:
         if not isinstance(self.requirements, list) or not all(
             isinstance(r, str) and r.strip() and len(r) <= MAX_REQUIREMENT_CHARS
             for r in self.requirements

@@ -55,6 +55,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _overcommit(text: str) -> float:
+    value = _positive_float(text)
+    if not 1.0 <= value <= 64.0:
+        raise argparse.ArgumentTypeError(f"{text} must be in [1, 64]")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -152,6 +159,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     default=_env(env, "LOWTIDE_POOL", "1") not in ("0", "false", "no"),
                     help="keep no prewarmed workers (env LOWTIDE_POOL=0); cold starts then "
                     "pay for a full server start")
+    ag.add_argument("--label", action="append", dest="labels", metavar="KEY=VALUE",
+                    default=[x for x in [_env(env, "LOWTIDE_HOST_LABELS")] if x],
+                    help="a host label, shown in `lowtide status` (repeatable; env "
+                    "LOWTIDE_HOST_LABELS=k=v,k=v)")
+    ag.add_argument("--cpu-overcommit", type=_overcommit, metavar="FACTOR",
+                    default=_env(env, "LOWTIDE_CPU_OVERCOMMIT", "4"),
+                    help="schedulable cores = cores x FACTOR (default 4: CPU time is shared; "
+                    "memory and GPUs are never overcommitted; 1 = strict)")
+    ag.add_argument("--no-gpu", dest="gpus", action="store_false",
+                    default=_env(env, "LOWTIDE_GPUS", "1") not in ("0", "false", "no"),
+                    help="do not offer this host's GPUs (env LOWTIDE_GPUS=0)")
 
     de = sub.add_parser("deploy", help="deploy module:function",
                         description="Deploy a function; prints its invoke URL.")
@@ -159,7 +177,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     de.add_argument("--name", help="endpoint name (default: the function's name)")
     de.add_argument("--cpu", type=float, default=1.0)
     de.add_argument("--memory", default="1Gi", help="e.g. 512Mi, 2Gi")
-    de.add_argument("--gpu", type=int, default=0)
+    de.add_argument("--gpu", type=int, default=0, help="whole GPUs per replica")
+    de.add_argument("--gpu-memory", default=None,
+                    help="memory each GPU must have, e.g. 16Gi (needs --gpu)")
     de.add_argument("-r", "--requirement", action="append", default=[],
                     dest="requirements", help="a pip requirement (repeatable)")
     de.add_argument("--min-replicas", type=int, default=0)
@@ -172,8 +192,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     help="wait until the function is built (and min replicas are ready)")
 
     sub.add_parser("ls", help="list deployments")
-    st = sub.add_parser("status", help="replicas, queue and recent decisions of an endpoint")
-    st.add_argument("name")
+    st = sub.add_parser("status", help="hosts; or replicas, queue and recent decisions of "
+                        "an endpoint")
+    st.add_argument("name", nargs="?", help="an endpoint (default: show the hosts)")
     st.add_argument("--json", action="store_true", help="print the raw status")
     iv = sub.add_parser("invoke", help="call an endpoint with a JSON body")
     iv.add_argument("name")
@@ -284,12 +305,14 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import threading
 
     from .workers.agent import Agent, AgentSettings
+    from .workers.resources import parse_labels
 
     settings = AgentSettings(
         redis_url=_need_redis(args), home=Path(args.home).expanduser(), host_id=args.host_id,
         advertise_address=args.advertise_address,
         bind_host=args.bind_host or args.advertise_address,
-        port=args.port, pool=args.pool)
+        port=args.port, pool=args.pool, labels=parse_labels(args.labels),
+        cpu_overcommit=float(args.cpu_overcommit), gpus=args.gpus)
     _setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -332,7 +355,7 @@ def cmd_deploy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     fn = _load_target(args.target)
     console = _console()
     client = _client()
-    options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu,
+    options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu, gpu_memory=args.gpu_memory,
                    requirements=args.requirements, min_replicas=args.min_replicas,
                    max_replicas=args.max_replicas, timeout=args.timeout, access=args.access)
     with console.status("uploading...") if console.is_terminal else _nothing():
@@ -383,8 +406,50 @@ def cmd_ls(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def _size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return "-"
+    return f"{n_bytes / 2**30:.1f}Gi" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f}Mi"
+
+
+def print_hosts(hosts: dict[str, Any]) -> None:
+    """Per host: kind, capacity, allocated, utilization, replicas."""
+    views = hosts.get("hosts", []) + hosts.get("lost", [])
+    if not views:
+        print("no hosts: start `lowtide agent` (or `lowtide up`)")
+    for h in views:
+        cap, alloc, use = h["capacity"], h["allocated"], h["utilization"]
+        labels = ",".join(f"{k}={v}" for k, v in sorted((h.get("labels") or {}).items()))
+        print(f"host {h['id']}  {h['kind']}  {h['state']}  {h.get('address') or '-'}"
+              + (f"  [{labels}]" if labels else ""))
+        cpu_used = "-" if use["cpu_percent"] is None else f"{use['cpu_percent']:g}"
+        print(f"  cpu     {alloc['cpu']:g}/{cap['cpu_schedulable']:g} cores allocated "
+              f"({cap['cpus']:g} cores)  used {cpu_used}%")
+        print(f"  memory  {_size(alloc['memory_bytes'])}/{_size(cap['memory_bytes'])} allocated"
+              f"  used {_size(use['memory_used_bytes'])}")
+        used_gpus = {g["index"]: g for g in use.get("gpus") or []}
+        for g in cap.get("gpus") or []:
+            u = used_gpus.get(g["index"], {})
+            print(f"  gpu {g['index']}   {g.get('name', '')} {_size(g['memory_bytes'])}  "
+                  f"{'allocated' if g['index'] in alloc['gpus'] else 'free'}  "
+                  f"util {u.get('utilization_percent', '-')}%  "
+                  f"memory {_size(u.get('memory_used_bytes'))}")
+        for r in h.get("replicas") or []:
+            cores = r.get("cpu_cores")
+            gpus = f"  gpu {','.join(map(str, r['gpus']))}" if r.get("gpus") else ""
+            print(f"  replica {r['id']}  {r['endpoint']}  {r['state']}"
+                  f"  cpu {'-' if cores is None else f'{cores:g}'} cores{gpus}")
+
+
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     client = _client()
+    if args.name is None:
+        hosts = client.hosts()
+        if args.json:
+            print(json.dumps(hosts, indent=2))
+        else:
+            print_hosts(hosts)
+        return 0
     status = client.status(args.name)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -394,6 +459,8 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(f"replicas  ready {r['ready']}  desired {r['desired']}  starting {r['starting']}"
           f"  stopping {r['stopping']}")
     print(f"queue     depth {q['depth']}  oldest {q['oldest_age_s']:.1f} s")
+    if status.get("placement"):
+        print(f"placement waiting: {status['placement']}")
     ka = status.get("keep_alive") or {}
     print(f"keep-alive {status['keep_alive_s']:g} s" + (f" ({ka['reason']})" if ka else "")
           + ("  PANIC: scaling up, no scale-down" if status.get("panic") else ""))
@@ -401,9 +468,10 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         startup = item.get("startup") or {}
         started = (f"  started via {startup['path']} in {startup['total_s'] * 1000:.0f} ms"
                    if "total_s" in startup else "")
+        gpus = f"  gpu {','.join(map(str, item['gpus']))}" if item.get("gpus") else ""
         print(f"  {item['id']}  {item['state']:<9} v{item['version']}  {item['host']}  "
               f"{item['address'] or '-'}  in-flight {item['in_flight']}/{item['limit']}"
-              f"{started}")
+              f"{gpus}{started}")
     print("recent decisions (newest first):")
     for ev in client.events(args.name, limit=10):
         at = time.strftime("%H:%M:%S", time.localtime(ev["at"]))

@@ -185,7 +185,7 @@ class PlatformAPI:
             builds = {h: v.decode() for h, v in zip(hosts, values, strict=True) if v}
         policy = self.scaler.policy(name)
         keep_alive = policy.keep_alive()
-        cpu = state.replica_cpu_cores(hosts)
+        cpu, gpu = state.replica_cpu_cores(hosts), state.replica_gpu(hosts)
         return {
             "name": name,
             "url": self.url_of(name),
@@ -198,7 +198,8 @@ class PlatformAPI:
                 "desired": dep.desired,
                 "starting": sum(1 for r in current if r.state == "starting"),
                 "stopping": sum(1 for r in replicas if r.state == "stopping"),
-                "items": [_replica_view(r, now, cpu.get(r.id)) for r in replicas],
+                "items": [_replica_view(r, now, cpu.get(r.id), gpu.get(r.id))
+                          for r in replicas],
             },
             "queue": {"depth": q.depth, "queued": q.queued, "oldest_age_s": q.oldest_wait_s},
             "builds": builds,
@@ -206,6 +207,7 @@ class PlatformAPI:
             "keep_alive": {"keep_s": keep_alive.keep_s, "prewarm_s": keep_alive.prewarm_s,
                            "reason": keep_alive.reason},
             "panic": policy.panicking(now),
+            "placement": self.scaler.unplaced(name),
             "last_decision": dep.last_decision,
         }
 
@@ -368,7 +370,12 @@ class PlatformAPI:
         return json_response({"name": name, "revoked": kid})
 
     async def hosts(self, request: web.Request) -> web.Response:
-        return json_response({"hosts": list((await state.live_hosts(self.redis)).values())})
+        """Live hosts in `hosts`, lost ones (no heartbeat; forgotten after a while) in `lost`:
+        per host its kind, capacity, allocated, utilization and replicas."""
+        views = state.describe_hosts(await state.all_hosts(self.redis),
+                                     await state.all_replicas(self.redis), time.time())
+        return json_response({"hosts": [v for v in views if v["state"] == "live"],
+                              "lost": [v for v in views if v["state"] != "live"]})
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -398,15 +405,17 @@ def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -
     return value
 
 
-def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None
-                  ) -> dict[str, Any]:
+def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None,
+                  gpu_use: dict[str, float] | None = None) -> dict[str, Any]:
     beat = r.alive or {}
     return {"id": r.id, "state": r.state if r.alive or r.state != "ready" else "lost",
-            "version": r.version, "host": r.host, "address": r.address,
+            "version": r.version, "host": r.host, "address": r.address, "gpus": r.gpus,
             "in_flight": beat.get("in_flight", 0), "limit": beat.get("limit", r.limit),
             "no_load_ms": beat.get("no_load_ms"), "recent_ms": beat.get("recent_ms"),
             "limit_reason": beat.get("limit_reason"),
             "cpu_cores": cpu_cores,
+            "gpu_memory_bytes": (gpu_use or {}).get("memory_bytes"),
+            "gpu_utilization_percent": (gpu_use or {}).get("utilization_percent"),
             "age_s": round(now - r.created_at, 3),
             "ready_after_s": round(r.ready_at - r.created_at, 3) if r.ready_at else None,
             "startup": r.extra.get("startup")}

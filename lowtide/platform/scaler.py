@@ -28,7 +28,7 @@ from .. import _keys
 from .._redis import follow
 from . import state
 from .keepalive import KeepAlive
-from .placement import choose_host
+from .placement import Need, host_view, place
 from .policy import Autoscaler, AutoscalerSettings, Decision, Observation
 from .state import Deployment, ReplicaRecord
 
@@ -41,6 +41,8 @@ ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
 STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
+HOST_FORGET_S = 600.0  # a lost host stays visible (GET /v1/hosts "lost") this long
+RECENT_LOSS_S = 30.0  # replicas lost this long before their host are blamed on it
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Scaler:
         self._said: dict[str, str] = {}
         self._policies: dict[str, Autoscaler] = {}
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
+        self._lost_since: dict[str, float] = {}  # host id -> when it was found lost
+        # host id -> endpoint -> when it last lost a replica there (its host may be next)
+        self._lost_on: dict[str, dict[str, float]] = {}
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -77,6 +82,10 @@ class Scaler:
     def keep_alive(self, name: str) -> KeepAlive:
         """The endpoint's current keep-alive window and why (for status)."""
         return self.policy(name).keep_alive()
+
+    def unplaced(self, name: str) -> str | None:
+        """Why the endpoint's missing replicas cannot be placed now (None: nothing pending)."""
+        return self._said.get(name)
 
     def poke(self, name: str) -> None:
         self._poked.add(name)
@@ -95,6 +104,10 @@ class Scaler:
                 if time.monotonic() >= next_full:
                     next_full = time.monotonic() + self.settings.tick_s
                     names |= {n.decode() for n in await self._members()}
+                    try:
+                        await self.watch_hosts(self.clock())
+                    except RedisError as exc:
+                        log.warning("watching hosts failed: %s", exc)
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
@@ -114,6 +127,42 @@ class Scaler:
             log.warning("cannot list deployments: %s", exc)
             return set()
 
+    async def watch_hosts(self, now: float) -> None:
+        """Say once when a host is lost (its replicas are dropped by reconcile, which sees
+        their host gone), void its queued commands, and forget it after HOST_FORGET_S."""
+        hosts = await state.all_hosts(self.redis)
+        for host_id, host in hosts.items():
+            if host["state"] == "live":
+                if self._lost_since.pop(host_id, None) is not None:
+                    log.info("host %s is back", host_id)
+                continue
+            if host_id not in self._lost_since:
+                self._lost_since[host_id] = now
+                await self._host_lost(host_id, now)
+            elif now - self._lost_since[host_id] > HOST_FORGET_S:
+                await state.forget_host(self.redis, host_id)
+                self._lost_since.pop(host_id, None)
+                log.info("forgot host %s, lost for over %g s", host_id, HOST_FORGET_S)
+
+    async def _host_lost(self, host_id: str, now: float) -> None:
+        text = (f"host {host_id} lost: no heartbeat for over {_keys.HOST_ALIVE_TTL_S} s; its "
+                "replicas are out of routing and replaced on other hosts, and the requests "
+                "they held are run again")
+        log.warning("%s", text)
+        for queue_name in (_keys.host_queue(host_id), _keys.host_build_queue(host_id)):
+            queue = Queue(queue_name, connection=self.sync_redis)
+            await asyncio.to_thread(queue.empty)  # void; a returning agent stops the
+        recent = self._lost_on.pop(host_id, {})  # replicas it still runs
+        endpoints = {name for name, at in recent.items() if now - at <= RECENT_LOSS_S}
+        for name, records in (await state.all_replicas(self.redis)).items():
+            if any(r.host == host_id for r in records):
+                endpoints.add(name)
+        for name in sorted(endpoints):
+            dep = await state.load_deployment(self.redis, name)
+            desired = dep.desired if dep is not None else 0
+            await state.record_event(self.redis, name, "replica", text, frm=desired,
+                                     to=desired)
+
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
             self.poke(data.decode())
@@ -126,6 +175,7 @@ class Scaler:
         if dep is None:
             self._policies.pop(name, None)
             self._arrivals.pop(name, None)
+            self._said.pop(name, None)
             return None
         now = self.clock()
         hosts = await state.live_hosts(self.redis)
@@ -150,6 +200,7 @@ class Scaler:
             [counted.last_request_at, dep.updated_at]
             + [float(b.get("last_done_at", 0)) for b in beats]
         )
+        settled = [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S]
         limits = [int(r.alive.get("limit", r.limit)) for r in ready if r.alive] or [
             state.DEFAULT_LIMIT]
         return Observation(
@@ -165,9 +216,10 @@ class Scaler:
             max_replicas=dep.spec.max_replicas,
             last_request_at=counted.last_request_at,
             arrival_rate_per_s=self._arrival_rate(name, counted.requests, now),
-            cpu_utilization=cpu_utilization(
-                [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S],
-                state.replica_cpu_cores(hosts), dep.spec.cpu),
+            cpu_utilization=cpu_utilization(settled, state.replica_cpu_cores(hosts),
+                                            dep.spec.cpu),
+            gpu_utilization=gpu_utilization(settled, state.replica_gpu_percent(hosts),
+                                            dep.spec.gpu) if dep.spec.gpu else None,
         )
 
     def _arrival_rate(self, name: str, requests: int, now: float) -> float:
@@ -200,7 +252,7 @@ class Scaler:
         for r in replicas:
             problem = await self._problem(r, hosts, now)
             if problem is not None:
-                await self._drop(dep, r, problem, now)
+                await self._drop(dep, r, problem, now, hosts)
                 continue
             if r.version != dep.version and r.state != "stopping":
                 await self.stop(dep.spec.name, r, hosts)
@@ -212,14 +264,21 @@ class Scaler:
         if r.state == "crashed":
             code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
             return f"replica {r.id} failed: exited with code {code}: {last}"
+        if r.host and r.host not in hosts and r.state != "starting":
+            return (f"replica {r.id} lost with its host {r.host} (no host heartbeat for over "
+                    f"{_keys.HOST_ALIVE_TTL_S} s)")
         if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
-            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s"
+            beat = (hosts.get(r.host) or {}).get("load") or {}
+            host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
+                "at" in beat and now - beat["at"] > 2) else ""
+            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s{host_age}"
         stopping_since = float(r.extra.get("stopping_at", r.created_at))
         if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
             return f"replica {r.id} stopped"
         if r.state == "starting":
-            if r.host not in hosts:
-                return f"replica {r.id} failed to start: host {r.host!r} is gone"
+            if r.host not in hosts:  # not the function's fault: no failure backoff
+                return (f"replica {r.id} lost while starting: host {r.host!r} stopped "
+                        "heartbeating")
             if age_s > self.settings.start_timeout_s:
                 return (f"replica {r.id} failed to start within "
                         f"{self.settings.start_timeout_s:g} s")
@@ -240,11 +299,18 @@ class Scaler:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         return lines[-1] if lines else "the start job failed"
 
-    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float) -> None:
+    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float,
+                    hosts: dict[str, Any]) -> None:
         name = dep.spec.name
         await state.remove_replica(self.redis, name, r.id)
-        if r.host:
+        if r.host in hosts:
             await self.enqueue(r.host, "stop_replica", name, r.id)
+        if " lost" in why and r.host:  # the host may be found lost next: say so then
+            lost_here = self._lost_on.setdefault(r.host, {})
+            lost_here[name] = now
+            for other, at in list(lost_here.items()):
+                if now - at > RECENT_LOSS_S:
+                    del lost_here[other]
         if "failed" in why:
             n = self._failures[name] = self._failures.get(name, 0) + 1
             backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
@@ -261,6 +327,8 @@ class Scaler:
         if any(r.state == "ready" for r in current):
             self._failures.pop(name, None)
         missing = desired - len(current)
+        if missing <= 0:
+            self._said.pop(name, None)  # nothing waits for a host any more
         if missing > 0 and now >= self._backoff_until.get(name, 0.0):
             hosts = await state.live_hosts(self.redis)
             for _ in range(missing):
@@ -276,22 +344,40 @@ class Scaler:
 
     async def _start(self, dep: Deployment, current: list[ReplicaRecord],
                      hosts: dict[str, Any], now: float) -> bool:
-        name = dep.spec.name
+        name, spec = dep.spec.name, dep.spec
         per_host: dict[str, int] = {}
         for r in current:
             per_host[r.host] = per_host.get(r.host, 0) + 1
-        host = choose_host(hosts, per_host)
-        if host is None:
-            await self._say_once(dep, "no live host to place a replica on; start `lowtide agent`")
+        held = state.allocated(await state.all_replicas(self.redis))  # fresh: one at a time
+        need = Need(spec.cpu, spec.memory_bytes, spec.gpu, spec.gpu_memory_bytes)
+        views = [host_view(h, held.get(h_id), per_host.get(h_id, 0))
+                 for h_id, h in hosts.items()]
+        # not where this endpoint's replicas just went silent (that host may be dying and
+        # still look live for a few seconds), unless nothing else fits
+        shunned = {h for h, lost in self._lost_on.items()
+                   if now - lost.get(name, -RECENT_LOSS_S) < RECENT_LOSS_S}
+        placement = place(need, [v for v in views if v.id not in shunned])
+        if placement.host is None and shunned:
+            placement = place(need, views)
+        if placement.host is None:
+            await self._say_once(dep, placement.reason)
             return False
-        self._said.pop(name, None)
+        if self._said.pop(name, None) is not None:
+            log.info("%s: placement possible again", name)
         record = ReplicaRecord(id=f"r-{uuid.uuid4().hex[:10]}", version=dep.version,
-                               state="starting", host=host, created_at=now)
+                               state="starting", host=placement.host, created_at=now,
+                               cpu=spec.cpu, memory_bytes=spec.memory_bytes,
+                               gpus=list(placement.gpus))
         await state.save_replica(self.redis, name, record)
-        await self.enqueue(host, "start_replica", name, dep.version, record.id,
-                            job_id=f"start-{record.id}")
+        gpus = [list(placement.gpus)] if placement.gpus else []  # an older agent takes none
+        await self.enqueue(placement.host, "start_replica", name, dep.version, record.id,
+                           *gpus, job_id=f"start-{record.id}")
         current.append(record)
-        log.info("%s: starting replica %s v%d on %s", name, record.id, dep.version, host)
+        await state.record_event(self.redis, name, "replica",
+                                 f"starting replica {record.id} {placement.reason}",
+                                 frm=dep.desired, to=dep.desired, now=now)
+        log.info("%s: starting replica %s v%d %s", name, record.id, dep.version,
+                 placement.reason)
         return True
 
     async def stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
@@ -329,3 +415,14 @@ def cpu_utilization(ready: list[ReplicaRecord], cores_used: dict[str, float],
     if not measured:
         return None
     return round(sum(measured) / len(measured) / max(cores_requested, 0.01), 3)
+
+
+def gpu_utilization(ready: list[ReplicaRecord], percent_used: dict[str, float],
+                    gpus_requested: int) -> float | None:
+    """Mean GPU utilization of the ready replicas that were measured (1.0 = all their GPUs
+    busy; NVML's per-process SM utilization summed over the replica's processes and GPUs);
+    None when none was."""
+    measured = [percent_used[r.id] for r in ready if r.id in percent_used]
+    if not measured or gpus_requested < 1:
+        return None
+    return round(sum(measured) / len(measured) / (100.0 * gpus_requested), 3)

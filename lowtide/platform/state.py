@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from .. import _keys
 from .._spec import DeploymentSpec
+from .placement import Allocation, allocations
 
 DECISIONS_MAXLEN = 1000
 DEFAULT_LIMIT = 16
@@ -27,6 +28,9 @@ class ReplicaRecord:
     created_at: float = 0.0
     ready_at: float | None = None
     limit: int = DEFAULT_LIMIT
+    cpu: float = 0.0  # what placement reserved for it on its host
+    memory_bytes: int = 0
+    gpus: list[int] = field(default_factory=list)  # pinned GPU indices
     alive: dict[str, Any] | None = None  # the replica's latest heartbeat, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -146,6 +150,20 @@ def replica_cpu_cores(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
     return used
 
 
+def replica_gpu(hosts: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """GPU memory_bytes and utilization_percent (summed over its GPUs) per replica id, from
+    the heartbeats of GPU hosts."""
+    used: dict[str, dict[str, float]] = {}
+    for host in hosts.values():
+        used.update((host.get("load") or {}).get("replica_gpu") or {})
+    return used
+
+
+def replica_gpu_percent(hosts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {rid: float(use.get("utilization_percent") or 0.0)
+            for rid, use in replica_gpu(hosts).items()}
+
+
 async def record_event(
     redis: Redis, name: str, kind: str, reason: str, *, frm: int, to: int,
     inputs: dict[str, Any] | None = None, now: float | None = None,
@@ -162,14 +180,84 @@ async def read_events(redis: Redis, name: str, limit: int = 100) -> list[dict[st
     return [json.loads(fields[b"event"]) for _id, fields in entries]
 
 
-async def live_hosts(redis: Redis) -> dict[str, dict[str, Any]]:
+async def all_hosts(redis: Redis) -> dict[str, dict[str, Any]]:
+    """Every registered host with `state` live (its agent heartbeats, `load` is its latest
+    beat) or lost (no heartbeat for HOST_ALIVE_TTL_S; `load` is None)."""
     hosts = {k.decode(): json.loads(v) for k, v in (await redis.hgetall(_keys.HOSTS)).items()}
     if not hosts:
         return {}
     beats = await redis.mget([_keys.host_alive(h) for h in hosts])
-    live = {}
-    for (host_id, host), beat in zip(hosts.items(), beats, strict=True):
-        if beat:
-            host["load"] = json.loads(beat)
-            live[host_id] = host
-    return live
+    for host, beat in zip(hosts.values(), beats, strict=True):
+        host["load"] = json.loads(beat) if beat else None
+        host["state"] = "live" if beat else "lost"
+    return hosts
+
+
+async def live_hosts(redis: Redis) -> dict[str, dict[str, Any]]:
+    return {h: host for h, host in (await all_hosts(redis)).items() if host["state"] == "live"}
+
+
+async def forget_host(redis: Redis, host_id: str) -> None:
+    await redis.hdel(_keys.HOSTS, host_id)
+
+
+async def all_replicas(redis: Redis) -> dict[str, list[ReplicaRecord]]:
+    """endpoint -> its replica records (without heartbeats), for every deployment."""
+    names = sorted(n.decode() for n in await redis.smembers(_keys.DEPLOYMENTS))
+    if not names:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(_keys.replicas(name))
+        raws = await pipe.execute()
+    return {name: [ReplicaRecord.from_json(v) for v in raw.values()]
+            for name, raw in zip(names, raws, strict=True)}
+
+
+def allocated(replicas: dict[str, list[ReplicaRecord]]) -> dict[str, Allocation]:
+    """host id -> what the replica records hold there."""
+    return allocations({"host": r.host, "cpu": r.cpu, "memory_bytes": r.memory_bytes,
+                        "gpus": r.gpus} for records in replicas.values() for r in records)
+
+
+def describe_hosts(hosts: dict[str, dict[str, Any]], replicas: dict[str, list[ReplicaRecord]],
+                   now: float) -> list[dict[str, Any]]:
+    """The hosts view of the API and `lowtide status`: per host its kind, capacity, what is
+    allocated, what is used and its replicas."""
+    held = allocated(replicas)
+    on_host: dict[str, list[dict[str, Any]]] = {}
+    for name, records in replicas.items():
+        for r in records:
+            on_host.setdefault(r.host, []).append({"endpoint": name, "id": r.id,
+                                                   "state": r.state, "gpus": r.gpus})
+    views = []
+    for host_id in sorted(hosts):
+        host = hosts[host_id]
+        load = host.get("load") or {}
+        cores, gpu_use = load.get("replica_cpu_cores", {}), load.get("replica_gpu", {})
+        items = on_host.get(host_id, [])
+        for item in items:
+            item["cpu_cores"] = cores.get(item["id"])
+            item.update({f"gpu_{k}": v for k, v in gpu_use.get(item["id"], {}).items()})
+        a = held.get(host_id, Allocation())
+        views.append({
+            "id": host_id,
+            "state": host.get("state", "live"),
+            "kind": host.get("kind") or ("gpu" if host.get("gpus") else "cpu"),
+            "address": host.get("address"),
+            "labels": host.get("labels", {}),
+            "python": host.get("python"),
+            "last_heartbeat_age_s": round(now - load["at"], 3) if "at" in load else None,
+            "capacity": {"cpus": host.get("cpus"),
+                         "cpu_schedulable": host.get("cpu_capacity", host.get("cpus")),
+                         "memory_bytes": host.get("memory_bytes"),
+                         "gpus": host.get("gpus", [])},
+            "allocated": {"cpu": round(a.cpu, 3), "memory_bytes": a.memory_bytes,
+                          "gpus": sorted(a.gpus)},
+            "utilization": {"cpu_percent": load.get("cpu_percent"),
+                            "memory_used_bytes": load.get("memory_used_bytes"),
+                            "gpus": load.get("gpus", [])},
+            "replicas": items,
+            "load": load,  # the latest heartbeat as the agent sent it (pool included)
+        })
+    return views

@@ -98,16 +98,25 @@ class Client:
         return response.json()
 
     def deploy(self, fn: Callable[..., Any], name: str | None = None, *, cpu: float = 1.0,
-               memory: str | int = "1Gi", gpu: int = 0, requirements: Iterable[str] = (),
-               min_replicas: int = 0, max_replicas: int | None = None,
-               timeout: float = 60.0, access: str = "public") -> Endpoint:
-        """Deploy fn; `access="key"` makes its invoke URL need a key (`create_key`)."""
+               memory: str | int = "1Gi", gpu: int = 0, gpu_memory: str | int | None = None,
+               requirements: Iterable[str] = (), min_replicas: int = 0,
+               max_replicas: int | None = None, timeout: float = 60.0,
+               access: str = "public") -> Endpoint:
+        """Upload fn and return its Endpoint.
+
+        Resources are what one replica asks for, and placement keeps them free for it: `cpu`
+        cores, `memory` and `gpu_memory` as bytes or '512Mi' / '8Gi', `gpu` whole GPUs
+        (pinned with CUDA_VISIBLE_DEVICES), each with at least `gpu_memory`. `access="key"`
+        makes its invoke URL need a key (`create_key`).
+        """
         if not callable(fn):
             raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
         name = name or getattr(fn, "__name__", "").replace("_", "-").lower()
         try:
             spec = DeploymentSpec(
                 name=name, cpu=cpu, memory_bytes=parse_memory(memory), gpu=gpu,
+                gpu_memory_bytes=0 if gpu_memory is None else parse_memory(gpu_memory,
+                                                                           "gpu_memory"),
                 requirements=list(requirements), min_replicas=min_replicas,
                 max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
                 params=parameter_names(fn), access=access,
@@ -149,6 +158,11 @@ class Client:
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self._api("GET", f"/v1/deployments/{name}"))
+
+    def hosts(self) -> dict[str, Any]:
+        """{"hosts": [...live...], "lost": [...]}: per host its kind, capacity, allocated,
+        utilization and replicas."""
+        return dict(self._api("GET", "/v1/hosts"))
 
     def events(self, name: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return builtins.list(self._api("GET", f"/v1/deployments/{name}/events",

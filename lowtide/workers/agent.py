@@ -7,7 +7,6 @@ supervision loop; rq runs in one worker thread; each replica has one log-pump th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 from prometheus_client import Counter, Gauge
 from redis import Redis
 from redis.exceptions import RedisError
@@ -34,6 +32,7 @@ from . import bento
 from .health import serve_health
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
+from .resources import Gpus, ReplicaSampler, host_capacity, host_usage
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,11 @@ STARTS = Counter("lowtide_agent_replica_starts_total", "Replicas started", ["pat
 CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited unasked")
 
 HEARTBEAT_S = 1.0
-HOST_ALIVE_TTL_S = 5
+HOST_ALIVE_TTL_S = _keys.HOST_ALIVE_TTL_S
 LOG_STREAM_MAXLEN = 5000
 TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
+ORPHAN_CHECK_S = 5.0
+ORPHAN_GRACE_S = 15.0  # a replica this old whose record is gone was dropped by the platform
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,16 @@ class AgentSettings:
     stop_grace_s: float = 10.0
     port: int = 8082  # /healthz and /metrics; 0 picks a free port
     pool: bool = True  # keep prewarmed generic workers for fast cold starts
+    labels: dict[str, str] = field(default_factory=dict)
+    # schedulable cores = cores x this: CPU time is shared (replicas learn their concurrency
+    # and the autoscaler watches CPU), memory and GPUs are never overcommitted
+    cpu_overcommit: float = 4.0
+    gpus: bool = True  # probe GPUs with NVML; False: a CPU host whatever is installed
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.cpu_overcommit <= 64.0:
+            raise ValueError(f"cpu_overcommit={self.cpu_overcommit!r} must be in [1, 64] "
+                             "(LOWTIDE_CPU_OVERCOMMIT / --cpu-overcommit)")
 
     @property
     def bentoml_home(self) -> Path:
@@ -71,6 +82,7 @@ class ReplicaProcess:
     address: str
     proc: subprocess.Popen[bytes]
     started_at: float
+    gpus: tuple[int, ...] = ()
     stopping: bool = False
     pump: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
@@ -93,7 +105,9 @@ class Agent:
         self._lock = threading.Lock()
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
         self._rq: list[tuple[_ThreadWorker, threading.Thread]] = []
-        self._cpu_procs: dict[int, psutil.Process] = {}  # kept: cpu_percent needs a baseline
+        self.gpus = Gpus.open() if settings.gpus else Gpus.none()
+        self._sampler = ReplicaSampler(self.gpus)
+        self._host: dict[str, object] = {}
         self._stopping = False
         self.pool = WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool else None
         os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
@@ -109,6 +123,7 @@ class Agent:
         self._start_rq()
         log.info("agent %s ready (queue %s, health on port %d)", self.settings.host_id,
                  _keys.host_queue(self.settings.host_id), self.http_port)
+        next_orphan_check = time.monotonic() + ORPHAN_CHECK_S
         try:
             while not stop.wait(HEARTBEAT_S):
                 if any(not thread.is_alive() for _, thread in self._rq):
@@ -117,6 +132,9 @@ class Agent:
                 if self.pool is not None and not self._stopping:
                     self.pool.maintain()
                 self._heartbeat()
+                if time.monotonic() >= next_orphan_check:
+                    next_orphan_check = time.monotonic() + ORPHAN_CHECK_S
+                    self._stop_orphans()
         finally:
             self.shutdown()
             health.shutdown()
@@ -157,6 +175,7 @@ class Agent:
             self.redis.delete(_keys.host_alive(self.settings.host_id))
         except RedisError as exc:
             log.warning("could not deregister host: %s", exc)
+        self.gpus.close()
         log.info("agent %s stopped", self.settings.host_id)
 
     def _start_rq(self) -> None:
@@ -174,58 +193,64 @@ class Agent:
             self._rq.append((worker, thread))
 
     def _register(self) -> None:
+        """The host's description: capacity (cores, memory, GPUs), labels, address. Written
+        again with every heartbeat, so a platform that forgot a lost host, or a Redis that
+        lost its data, sees it again as soon as it beats."""
         s = self.settings
-        host = {
+        capacity = host_capacity(self.gpus)
+        self._host = {
             "id": s.host_id,
             "address": s.advertise_address,
-            "cpus": psutil.cpu_count() or 1,
-            "memory_bytes": psutil.virtual_memory().total,
-            "gpus": [],
+            **capacity,
+            "cpu_capacity": round(float(capacity["cpus"]) * s.cpu_overcommit, 3),
+            "cpu_overcommit": s.cpu_overcommit,
+            "labels": dict(s.labels),
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             "started_at": time.time(),
             "pid": os.getpid(),
             "health_port": getattr(self, "http_port", None),
         }
-        self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(host))
+        self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(self._host))
+        self._warn_if_unreachable()
         self._heartbeat()
+
+    def _warn_if_unreachable(self) -> None:
+        """A loopback address serves other hosts' activators only on one machine."""
+        mine = self.settings.advertise_address
+        if not mine.startswith("127.") and mine not in ("localhost", "::1"):
+            return
+        others = [json.loads(v).get("address", "") for k, v in
+                  self.redis.hgetall(_keys.HOSTS).items() if k.decode() != self.settings.host_id]
+        remote = sorted({a for a in others if a and not a.startswith("127.")
+                         and a not in ("localhost", "::1")})
+        if remote:
+            log.warning("this host advertises %s but other hosts are at %s: their "
+                        "activators cannot reach these replicas; start the agent with "
+                        "--advertise-address (LOWTIDE_ADVERTISE_ADDRESS) set to an address "
+                        "they can reach", mine, ", ".join(remote))
 
     def _heartbeat(self) -> None:
         with self._lock:
-            count = len(self.replicas)
+            pids = {r.replica_id: r.proc.pid for r in self.replicas.values() if r.endpoint}
+        use = self._sampler.sample(pids)
         load = {
             "at": time.time(),
-            "cpu_percent": psutil.cpu_percent(interval=None),
-            "memory_used_bytes": psutil.virtual_memory().used,
-            "replicas": count,
+            **host_usage(self.gpus),
+            "replicas": len(pids),
             "pool": self._pool_status(),
-            "replica_cpu_cores": self._replica_cpu_cores(),
+            "replica_cpu_cores": {rid: u.cpu_cores for rid, u in use.items()},
+            "replica_gpu": {rid: {"memory_bytes": u.gpu_memory_bytes,
+                                  "utilization_percent": u.gpu_utilization_percent}
+                            for rid, u in use.items() if self.gpus.info},
         }
         try:
-            self.redis.set(_keys.host_alive(self.settings.host_id), json.dumps(load),
-                           ex=HOST_ALIVE_TTL_S)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(_keys.host_alive(self.settings.host_id), json.dumps(load),
+                         ex=HOST_ALIVE_TTL_S)
+                pipe.hset(_keys.HOSTS, self.settings.host_id, json.dumps(self._host))
+                pipe.execute()
         except RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
-
-    def _replica_cpu_cores(self) -> dict[str, float]:
-        """Cores each replica's whole process tree used since the previous heartbeat."""
-        with self._lock:
-            replicas = [(r.replica_id, r.proc.pid) for r in self.replicas.values()]
-        seen: dict[int, psutil.Process] = {}
-        used: dict[str, float] = {}
-        for replica_id, pid in replicas:
-            try:
-                tree = [psutil.Process(pid)]
-                tree += tree[0].children(recursive=True)
-            except psutil.Error:
-                continue
-            total = 0.0
-            for p in tree:  # the first sample of a process reads 0: its baseline
-                proc = seen[p.pid] = self._cpu_procs.get(p.pid, p)
-                with contextlib.suppress(psutil.Error):
-                    total += proc.cpu_percent(interval=None) / 100.0
-            used[replica_id] = round(total, 3)
-        self._cpu_procs = seen
-        return used
 
     # ---- jobs -------------------------------------------------------------------------
     def build(self, endpoint: str, version: int) -> bento.BuiltBento:
@@ -253,12 +278,22 @@ class Agent:
             self.redis.set(key, "ready", ex=86400)
             return built
 
-    def start_replica(self, endpoint: str, version: int, replica_id: str) -> str:
+    def start_replica(self, endpoint: str, version: int, replica_id: str,
+                      gpus: list[int] | None = None) -> str:
+        """Start a replica; `gpus` are the indices placement assigned to it (pinned with
+        CUDA_VISIBLE_DEVICES; such a replica takes the full path: pool workers see no GPU)."""
         if self._stopping:
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
         spawned_at = time.time()
         spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
         requirements = spec.get("requirements", [])
+        if gpus:
+            known = {g.index for g in self.gpus.info}
+            if not set(gpus) <= known:
+                raise RuntimeError(f"host {self.settings.host_id} has no GPU "
+                                   f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
+            return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
+                                    tuple(gpus))
         if self.pool is not None:
             self.pool.note_cold_start()
             if not bento.unsatisfied(requirements):
@@ -314,7 +349,8 @@ class Agent:
         s = self.settings
         port = free_port(s.bind_host)
         env = {**os.environ, "LOWTIDE_POOL": "1", "LOWTIDE_REDIS_URL": s.redis_url,
-               "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1"}
+               "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
+               **self._gpu_env(())}
         cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
                "--host", s.bind_host, "--port", str(port)]
         proc = subprocess.Popen(
@@ -329,8 +365,17 @@ class Agent:
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp})
 
+    def _gpu_env(self, gpus: tuple[int, ...]) -> dict[str, str]:
+        """Pin a replica to its GPUs (NVML's PCI order, which CUDA then follows); a replica
+        without GPUs on a GPU host sees none, so whole GPUs stay whole."""
+        if not gpus and not self.gpus.info:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
     def _start_full(self, endpoint: str, version: int, replica_id: str,
-                    requirements: list[str], spawned_at: float) -> str:
+                    requirements: list[str], spawned_at: float,
+                    gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         built = self.build(endpoint, version)
         python = bento.ensure_python(requirements, self.settings.home / "envs")
@@ -349,6 +394,7 @@ class Agent:
             "PYTHONUNBUFFERED": "1",
             "LOWTIDE_START_PATH": "full",
             "LOWTIDE_SPAWNED_AT": repr(spawned_at),
+            **self._gpu_env(gpus),
         }
         cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
@@ -356,7 +402,7 @@ class Agent:
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
         )
-        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time())
+        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus)
         rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
@@ -368,8 +414,8 @@ class Agent:
         if stopping:  # shutdown began while it was starting: it must not outlive us
             self._stop_process(rp)
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
-        log.info("started replica %s of %s v%d on %s (pid %d)", replica_id, endpoint, version,
-                 address, proc.pid)
+        log.info("started replica %s of %s v%d on %s (pid %d%s)", replica_id, endpoint,
+                 version, address, proc.pid, f", GPU {','.join(map(str, gpus))}" if gpus else "")
         return address
 
     def stop_replica(self, endpoint: str, replica_id: str) -> bool:
@@ -386,6 +432,29 @@ class Agent:
         return True
 
     # ---- supervision ------------------------------------------------------------------
+    def _stop_orphans(self) -> None:
+        """Stop replicas the platform no longer knows: it dropped them while this host was
+        considered lost (no heartbeat), and their replacements run elsewhere."""
+        now = time.time()
+        with self._lock:
+            old = [r for r in self.replicas.values()
+                   if r.endpoint and not r.stopping and now - r.started_at > ORPHAN_GRACE_S]
+        if not old:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for r in old:
+                    pipe.hexists(_keys.replicas(r.endpoint), r.replica_id)
+                known = pipe.execute()
+        except RedisError as exc:
+            log.warning("cannot check for orphaned replicas: %s", exc)
+            return
+        for r, exists in zip(old, known, strict=True):
+            if not exists:
+                log.warning("stopping replica %s of %s: the platform dropped it (this host "
+                            "was considered lost)", r.replica_id, r.endpoint)
+                self.stop_replica(r.endpoint, r.replica_id)
+
     def _stop_process(self, rp: ReplicaProcess) -> None:
         rp.stopping = True
         code = stop_group(rp.proc, self.settings.stop_grace_s)

@@ -10,8 +10,9 @@ def build(endpoint: str, version: int) -> str:
     return agent.current().build(endpoint, version).tag
 
 
-def start_replica(endpoint: str, version: int, replica_id: str) -> str:
-    return agent.current().start_replica(endpoint, version, replica_id)
+def start_replica(endpoint: str, version: int, replica_id: str,
+                  gpus: list[int] | None = None) -> str:
+    return agent.current().start_replica(endpoint, version, replica_id, gpus)
 
 
 def stop_replica(endpoint: str, replica_id: str) -> bool:

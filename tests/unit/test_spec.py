@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lowtide._spec import MAX_TIMEOUT_S, DeploymentSpec, SpecError, check_name, parse_memory
@@ -94,7 +96,8 @@ def test_from_dict_defaults_and_round_trip() -> None:
 
 def test_from_dict_full_round_trip() -> None:
     data = {"name": "resnet-50", "cpu": 2.5, "memory_bytes": 8 * GI, "gpu": 1,
-            "requirements": ["torch>=2.1", "pillow"], "min_replicas": 1, "max_replicas": 4,
+            "gpu_memory_bytes": 16 * GI, "requirements": ["torch>=2.1", "pillow"],
+            "min_replicas": 1, "max_replicas": 4,
             "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
             "access": "key"}
     spec = DeploymentSpec.from_dict(data)
@@ -127,6 +130,7 @@ def test_from_dict_missing_name_is_a_spec_error() -> None:
         ("cpu", 0.001), ("cpu", 1), ("cpu", 512), ("cpu", 512.0),
         ("memory_bytes", 1), ("memory_bytes", 2**40),
         ("gpu", 0), ("gpu", 16),
+        ("gpu_memory_bytes", 0),
         ("requirements", []), ("requirements", ["numpy", "scikit-learn>=1.3"]),
         ("requirements", ["x" * 511]),
         ("min_replicas", 0), ("min_replicas", 1000),
@@ -159,6 +163,11 @@ def test_field_allowed(field: str, value: object) -> None:
         ("gpu", 17, "gpu=17 must be"),
         ("gpu", 1.0, "gpu=1.0 must be"),
         ("gpu", True, "gpu=True must be"),
+        ("gpu_memory_bytes", -1, "gpu_memory=-1 must be a number of bytes"),
+        ("gpu_memory_bytes", "8Gi", "gpu_memory='8Gi' must be a number of bytes"),
+        ("gpu_memory_bytes", 1.5, "gpu_memory=1.5 must be"),
+        ("gpu_memory_bytes", True, "gpu_memory=True must be"),
+        ("gpu_memory_bytes", GI, "gpu_memory=1073741824 needs gpu >= 1"),
         ("requirements", "numpy", "requirements must be a list"),
         ("requirements", [""], "requirements must be a list"),
         ("requirements", ["  "], "requirements must be a list"),
@@ -205,3 +214,64 @@ def test_max_replicas_not_below_min(min_replicas: int, max_replicas: int, ok: bo
 
 def test_spec_error_is_a_value_error() -> None:
     assert issubclass(SpecError, ValueError)  # callers that catch ValueError keep working
+
+
+@pytest.mark.parametrize(("gpu", "gpu_memory"), [(1, 1), (1, 80 * GI), (8, 16 * GI)])
+def test_gpu_memory_with_gpus(gpu: int, gpu_memory: int) -> None:
+    spec = DeploymentSpec.from_dict({"name": "fn", "gpu": gpu, "gpu_memory_bytes": gpu_memory})
+    assert (spec.gpu, spec.gpu_memory_bytes) == (gpu, gpu_memory)
+
+
+def test_an_older_client_spec_has_no_gpu_memory() -> None:
+    assert DeploymentSpec.from_dict({"name": "fn", "gpu": 1}).gpu_memory_bytes == 0
+
+
+# ---- deploy(): resources refused before any upload, sizes parsed --------------------------
+def _captured_deploy(**resources: object) -> dict[str, object]:
+    """Deploy through an in-memory transport; return the spec the platform would get."""
+    import httpx
+
+    from lowtide.sdk import Client
+
+    sent: dict[str, object] = {}
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        start = body.index(b'{"name"')
+        sent.update(json.loads(body[start: body.index(b"\r\n", start)]))
+        return httpx.Response(201, json={"name": "fn", "url": "http://x/fn/fn", "version": 1})
+
+    client = Client("http://platform.invalid", "http://activator.invalid", "token")
+    client._http = httpx.Client(transport=httpx.MockTransport(platform))
+    client.deploy(lambda x: x, name="fn", **resources)  # type: ignore[arg-type]
+    return sent
+
+
+def test_deploy_sends_resources_in_bytes() -> None:
+    spec = _captured_deploy(cpu=2, memory="512Mi", gpu=1, gpu_memory="8Gi")
+    assert (spec["cpu"], spec["memory_bytes"], spec["gpu"], spec["gpu_memory_bytes"]) == (
+        2, 512 * 2**20, 1, 8 * GI)
+    assert _captured_deploy(memory=3 * GI, gpu=2, gpu_memory=GI)["gpu_memory_bytes"] == GI
+    assert _captured_deploy()["gpu_memory_bytes"] == 0
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"memory": "lots"}, "memory='lots' is not a size"),
+        ({"memory": 0}, "memory=0 must be at least one byte"),
+        ({"gpu": 1, "gpu_memory": "8 gigs"}, "gpu_memory='8 gigs' is not a size"),
+        ({"gpu_memory": "8Gi"}, "needs gpu >= 1"),
+        ({"gpu": -1}, "gpu=-1 must be a whole number of GPUs"),
+        ({"gpu": 0.5}, "gpu=0.5 must be a whole number of GPUs"),
+        ({"cpu": 0}, "cpu=0 must be a number of cores"),
+    ],
+)
+def test_deploy_refuses_bad_resources_before_uploading(resources: dict[str, object],
+                                                       message: str) -> None:
+    from lowtide.sdk import Client, DeployError
+
+    client = Client("http://platform.invalid", "http://activator.invalid", "token")
+    with pytest.raises(DeployError) as exc:  # .invalid: an upload attempt would fail otherwise
+        client.deploy(lambda x: x, name="fn", **resources)  # type: ignore[arg-type]
+    assert message in str(exc.value)
