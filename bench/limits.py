@@ -10,7 +10,12 @@ throughput through the activator at that limit against the best of a sweep of fi
   through the activator (requests over the limit wait in the stream); the limit is read
   from the deployment status every second of the measurement (median and range shown).
 - fixed: a cluster whose replicas admit everything (LOWTIDE_FIXED_CONCURRENCY=1000), wrk
-  with c connections straight to the replica, so at most c requests run at once.
+  with c connections straight to the replica, so at most c requests run at once; once more
+  with c = the learned limit, so the learned value is judged on the same path as the sweep.
+
+Two ratios against the best fixed limit: the learned limit's own (same path), and the whole
+learned run through the activator (which adds the activator and, for callers over the
+limit, the Redis stream).
 """
 
 from __future__ import annotations
@@ -129,6 +134,12 @@ def main() -> None:
             ep.delete()
         client.close()
     sweeps: dict[str, dict[int, LoadResult]] = {}
+    at_learned: dict[str, LoadResult] = {}  # the same fixed-limit run at the learned limit
+
+    def learned_limit(label: str) -> int:
+        _result, limits, view = learned[label]
+        return max(1, round(statistics.median(limits) if limits else view["limit"]))
+
     os.environ["LOWTIDE_FIXED_CONCURRENCY"] = "1000"
     with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, \
             start_local_cluster(Path(tmp)) as cluster:
@@ -139,24 +150,33 @@ def main() -> None:
             direct = f"http://{replica(client, ep.name)['address']}/lt/invoke"
             sweeps[label] = {c: wrk_closed(direct, body, c, args.sweep_duration)
                              for c in SWEEP}
+            at_learned[label] = wrk_closed(direct, body, learned_limit(label),
+                                           args.sweep_duration)
             print(f"{label}: sweep " + ", ".join(f"{c}: {r.rps:.0f}/s"
                                                  for c, r in sweeps[label].items()),
                   file=sys.stderr)
             ep.delete()
         client.close()
     cores = os.cpu_count()
-    rows = [["function", "learned limit (median, range)", "no-load ms", "req/s learned",
-             "p50 ms", "p99 ms", "best fixed (req/s)", "ratio"]]
+    rows = [["function", "learned limit (median, range)", "no-load ms",
+             "req/s at learned, direct", "ratio", "req/s via activator", "p50 ms", "p99 ms",
+             "ratio", "best fixed (req/s)"]]
     for label, _fn, _body in fns:
         result, limits, view = learned[label]
         best_c, best = max(sweeps[label].items(), key=lambda kv: kv[1].rps)
         med = statistics.median(limits) if limits else view["limit"]
+        same = at_learned[label]
         rows.append([label, f"{med:g} ({min(limits, default=0)}-{max(limits, default=0)})",
-                     f"{view.get('no_load_ms') or float('nan'):.1f}", f"{result.rps:.0f}",
+                     f"{view.get('no_load_ms') or float('nan'):.1f}", f"{same.rps:.0f}",
+                     f"{same.rps / best.rps:.2f}", f"{result.rps:.0f}",
                      f"{result.p50_ms:.0f}", f"{result.p99_ms:.0f}",
-                     f"{best_c} ({best.rps:.0f})", f"{result.rps / best.rps:.2f}"])
-    print(f"one replica (one BentoML worker process) on {cores} cores; "
+                     f"{result.rps / best.rps:.2f}", f"{best_c} ({best.rps:.0f})"])
+    print(f"one replica (one BentoML worker process) on {cores} cores; learned under "
           f"{args.offered} callers through the activator, {args.duration:g} s")
+    print("- at learned, direct: wrk straight to the replica with as many connections as the "
+          "learned limit (the limit's own worth, same path as the sweep)")
+    print("- via activator: the learned run itself, end to end (callers over the limit wait "
+          "in the Redis stream, so this includes the buffered path's cost)")
     print(table(rows))
     print("\nfixed-limit sweep, direct to the replica (req/s):")
     sweep_rows = [["function", *map(str, SWEEP)]]
