@@ -280,13 +280,15 @@ def test_spread_then_failover_loses_no_request(multihost: MultiHost) -> None:
     assert sum(h["allocated"]["cpu"] for h in live.values()) == 1.5
 
 
-def test_gpu_endpoint_on_cpu_hosts_says_why_and_times_out(multihost: MultiHost) -> None:
+def test_gpu_endpoint_on_cpu_hosts_says_why_and_is_answered_503(multihost: MultiHost) -> None:
     client = multihost.client()
     name = "needs-gpu"
     ep = client.deploy(lambda x: x, name=name, gpu=1, gpu_memory="8Gi", timeout=1)
     started = time.monotonic()
     r = httpx.post(ep.url, json={"x": 1}, timeout=MAX_QUEUE_WAIT_S + 30)
-    assert r.status_code == 504, r.text  # buffered until its deadline, never dropped
+    # buffered until its latest start, never dropped; then answered: no replica could start
+    assert r.status_code == 503, r.text
+    assert "no replica of 'needs-gpu' became ready" in r.json()["detail"]
     assert time.monotonic() - started >= MAX_QUEUE_WAIT_S - 1
     status = client.status(name)
     expected = "needs 1 GPU with 8 GiB; no host has a GPU"
