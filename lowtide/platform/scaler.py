@@ -67,6 +67,7 @@ class Scaler:
         self._said: dict[str, str] = {}
         self._policies: dict[str, Autoscaler] = {}
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
+        self._redis_failed_at = 0.0  # last Redis error seen by the loop
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -99,7 +100,10 @@ class Scaler:
                     try:
                         await self.reconcile(name)
                     except RedisError as exc:
+                        self._redis_failed()
                         log.warning("reconcile %s failed: %s", name, exc)
+                    except Exception:  # one endpoint's bad state must not stop the loop
+                        log.exception("reconcile %s failed", name)
                 if wakes.done():
                     wakes.result()  # a dead listener is an error, not silence
         finally:
@@ -111,8 +115,17 @@ class Scaler:
         try:
             return set(await self.redis.smembers(_keys.DEPLOYMENTS))
         except RedisError as exc:
+            self._redis_failed()
             log.warning("cannot list deployments: %s", exc)
             return set()
+
+    def _redis_failed(self) -> None:
+        """Heartbeats could not be written while Redis was away: judge liveness again only
+        ALIVE_GRACE_S after it answers (a Redis restart is not every replica lost)."""
+        self._redis_failed_at = self.clock()
+
+    def _liveness_known(self, now: float) -> bool:
+        return now - self._redis_failed_at > ALIVE_GRACE_S
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
@@ -212,13 +225,14 @@ class Scaler:
         if r.state == "crashed":
             code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
             return f"replica {r.id} failed: exited with code {code}: {last}"
-        if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
+        if (r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S
+                and self._liveness_known(now)):
             return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s"
         stopping_since = float(r.extra.get("stopping_at", r.created_at))
         if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
             return f"replica {r.id} stopped"
         if r.state == "starting":
-            if r.host not in hosts:
+            if r.host not in hosts and self._liveness_known(now):
                 return f"replica {r.id} failed to start: host {r.host!r} is gone"
             if age_s > self.settings.start_timeout_s:
                 return (f"replica {r.id} failed to start within "

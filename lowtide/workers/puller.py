@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import _keys
 from .._protocol import QueuedRequest, Result, error_result
+from .._redis import Backoff, pause
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,26 @@ class StreamPuller:
         self.paused = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_group(self._redis, self._stream)
-        backoff_s = 0.1
+        """Pull until `stop`. Redis errors (gone, restarted, group lost) are logged and
+        retried with backoff; this loop only ends when asked to."""
+        backoff = Backoff()
+        group_ok = False
         while not stop.is_set():
             try:
-                await self._step()
-                backoff_s = 0.1
-            except RedisError as exc:
-                log.warning("stream pull failed (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-                if "NOGROUP" in str(exc):
+                if not group_ok:
                     await ensure_group(self._redis, self._stream)
+                    group_ok = True
+                await self._step()
+                backoff.reset()
+            except RedisError as exc:
+                wait_s = backoff.next_s()
+                log.warning("stream pull failed (%s); retrying in %.1f s", exc, wait_s)
+                group_ok = group_ok and "NOGROUP" not in str(exc)
+                await pause(stop, wait_s)
+            except Exception:
+                wait_s = backoff.next_s()
+                log.exception("stream pull failed; retrying in %.1f s", wait_s)
+                await pause(stop, wait_s)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for entries already taken to be answered."""
@@ -141,35 +150,43 @@ class StreamPuller:
 
     async def _serve(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         if not fields:  # deleted while pending: nothing to answer
-            await self._redis.xack(self._stream, _keys.STREAM_GROUP, entry_id)
+            await self._finish(entry_id, None, None)
             return
         try:
             request = QueuedRequest.from_fields(fields)
         except (KeyError, ValueError):
             log.error("dropping malformed stream entry %r", entry_id)
-            await self._finish(entry_id, None, error_result(400, "malformed request entry"))
+            await self._finish(entry_id, None, None)
             return
-        result = await self._handler(request)
+        try:
+            result = await self._handler(request)
+        except Exception as exc:  # answered, never left pending on a live consumer
+            log.exception("running stream entry %r failed", entry_id)
+            result = error_result(500, "internal error",
+                                  f"{type(exc).__name__} in the replica (see `lowtide logs`)")
         await self._finish(entry_id, request, result)
 
-    async def _finish(self, entry_id: bytes, request: QueuedRequest | None, result: Result) -> None:
-        backoff_s = 0.1
+    async def _finish(self, entry_id: bytes, request: QueuedRequest | None,
+                      result: Result | None) -> None:
+        """Store the result, acknowledge and delete the entry, and publish the answer, in one
+        transaction; retried until Redis takes it (the entry stays pending meanwhile)."""
+        backoff = Backoff()
         while True:
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    if request is not None:
+                    if request is not None and result is not None:
                         key = _keys.result(request.id)
                         pipe.hset(key, mapping=result.to_fields())
                         pipe.expire(key, _keys.RESULT_TTL_S)
                     pipe.xack(self._stream, _keys.STREAM_GROUP, entry_id)
                     pipe.xdel(self._stream, entry_id)
-                    if request is not None and request.reply_to:
+                    if request is not None and result is not None and request.reply_to:
                         pipe.publish(
                             _keys.reply_channel(request.reply_to), result.to_message(request.id)
                         )
                     await pipe.execute()
                 return
             except RedisError as exc:
-                log.warning("storing a result failed (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                wait_s = backoff.next_s()
+                log.warning("storing a result failed (%s); retrying in %.1f s", exc, wait_s)
+                await asyncio.sleep(wait_s)

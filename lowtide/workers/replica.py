@@ -134,7 +134,10 @@ class Replica:
 
     async def stop(self) -> None:
         s = self.settings
-        await self._set_state("stopping")
+        try:
+            await self._set_state("stopping")  # out of routing first, where Redis allows
+        except RedisError as exc:
+            log.warning("could not mark replica %s stopping: %s", s.replica_id, exc)
         self._stop.set()
         await self.puller.drain(s.drain_s)
         await self.slots.wait_idle(s.drain_s)
@@ -308,11 +311,21 @@ class Replica:
         self.puller.paused = stale
 
     async def _heartbeat(self) -> None:
+        """Every HEARTBEAT_S while Redis answers; failures are logged (once per outage at
+        WARNING) and retried at the same pace, so liveness returns within a beat."""
+        failing = False
         while not self._stop.is_set():
             try:
                 await self._heartbeat_once()
+                if failing:
+                    log.info("heartbeat restored")
+                failing = False
             except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "heartbeat failed (%s); retrying every %g s", exc, HEARTBEAT_S)
+                failing = True
+            except Exception:
+                log.exception("heartbeat failed; retrying in %g s", HEARTBEAT_S)
             await asyncio.sleep(HEARTBEAT_S)
 
 
