@@ -189,12 +189,14 @@ class Agent:
         host, wait_s, n = self.settings.host_id, 0.0, 0
         while not self._stopping:
             n += 1
-            worker = _ThreadWorker([Queue(slot.queue_name, connection=self.redis)],
-                                   connection=self.redis, worker_ttl=16,
-                                   name=f"agent-{host}-{os.getpid()}-{slot.label}-{n}")
-            slot.worker = worker
             started = time.monotonic()
-            try:
+            try:  # even creating a worker talks to Redis
+                worker = _ThreadWorker([Queue(slot.queue_name, connection=self.redis)],
+                                       connection=self.redis, worker_ttl=16,
+                                       name=f"agent-{host}-{os.getpid()}-{slot.label}-{n}")
+                slot.worker = worker
+                if self._stopping:
+                    return
                 worker.work(logging_level="WARNING")
                 why = "stopped"
             except Exception as exc:

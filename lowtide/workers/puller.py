@@ -50,6 +50,8 @@ class StreamPuller:
         self._slots = slots
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_reclaim = 0.0
+        self._serving: set[bytes] = set()  # entry ids taken and not yet answered
+        self._recover_from: bytes | None = b"0"  # re-read own pending entries from here
         self.paused = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -68,6 +70,7 @@ class StreamPuller:
                 wait_s = backoff.next_s()
                 log.warning("stream pull failed (%s); retrying in %.1f s", exc, wait_s)
                 group_ok = group_ok and "NOGROUP" not in str(exc)
+                self._recover_from = b"0"  # a delivery may have been lost with the reply
                 await pause(stop, wait_s)
             except Exception:
                 wait_s = backoff.next_s()
@@ -88,6 +91,8 @@ class StreamPuller:
         if now - self._last_reclaim >= RECLAIM_EVERY_S:
             self._last_reclaim = now
             await self._reclaim()
+        if self._recover_from is not None:
+            await self._recover_own()
         free = self._slots.free()
         if free <= 0:
             return
@@ -97,6 +102,25 @@ class StreamPuller:
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._spawn(entry_id, fields)
+
+    async def _recover_own(self) -> None:
+        """Entries Redis delivered to this consumer while the reply was lost (the connection
+        broke, Redis restarted) stay pending on a live consumer, which no other replica
+        claims: read this consumer's own pending list back and serve what is not running."""
+        assert self._recover_from is not None
+        count = max(1, self._slots.free())
+        reply = await self._redis.xreadgroup(
+            _keys.STREAM_GROUP, self._consumer, {self._stream: self._recover_from}, count=count)
+        entries = reply[0][1] if reply else []
+        for entry_id, fields in entries:
+            if entry_id not in self._serving:
+                if self._slots.free() <= 0:
+                    return  # the rest at the next step, from this entry on
+                log.info("serving entry %r again: its delivery was lost", entry_id)
+                self._spawn(entry_id, fields)
+            self._recover_from = entry_id  # reads continue after it
+        if len(entries) < count:
+            self._recover_from = None
 
     async def _reclaim(self) -> None:
         summary = await self._redis.xpending(self._stream, _keys.STREAM_GROUP)
@@ -138,12 +162,14 @@ class StreamPuller:
 
     def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         self._slots.acquire()
+        self._serving.add(entry_id)
         task = asyncio.create_task(self._serve(entry_id, fields))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, entry_id))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], entry_id: bytes) -> None:
         self._tasks.discard(task)
+        self._serving.discard(entry_id)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("serving a stream entry failed", exc_info=task.exception())
@@ -190,3 +216,4 @@ class StreamPuller:
                 wait_s = backoff.next_s()
                 log.warning("storing a result failed (%s); retrying in %.1f s", exc, wait_s)
                 await asyncio.sleep(wait_s)
+
