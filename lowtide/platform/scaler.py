@@ -38,6 +38,7 @@ DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
                     "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
 ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
+REDIS_STALL_S = 1.0  # a listing slower than this: Redis stalled, heartbeats may have lapsed
 STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
@@ -95,7 +96,10 @@ class Scaler:
                 names, self._poked = self._poked, set()
                 if time.monotonic() >= next_full:
                     next_full = time.monotonic() + self.settings.tick_s
+                    asked = time.monotonic()
                     names |= {n.decode() for n in await self._members()}
+                    if time.monotonic() - asked > REDIS_STALL_S:  # hung, then back
+                        self._redis_failed()
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
