@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ from _stats import percentile, table
 
 from lowtide._local import COMPONENTS, LocalComponents
 
+# Components restarted by a fault are children of the thread that started them, and their
+# parent-death signal fires when that thread ends: one thread that outlives the cluster.
+FAULTS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faults")
 DRAIN_S = 240.0  # after the last phase: how long outstanding requests may take
 SYNC_TIMEOUT_S = 200.0  # above the activator's queue wait (120 s) + the function's timeout
 RETRY_FOR_S = 90.0  # connection-level retries of one call, for this long
@@ -304,8 +308,8 @@ async def run(lc: LocalComponents, plan: list[Phase], phase_s: float, stats: Sta
             next_at = start
             while time.monotonic() < end:
                 if phase.fault and fault is None and time.monotonic() >= start + phase_s / 3:
-                    fault = asyncio.create_task(asyncio.to_thread(inject, lc, phase.fault,
-                                                                  stats))
+                    fault = asyncio.get_running_loop().run_in_executor(
+                        FAULTS, inject, lc, phase.fault, stats)
                 now = time.monotonic()
                 if now >= next_at:
                     load.send_one(session)
@@ -392,6 +396,7 @@ def main() -> int:
         return report(plan, stats, drain_s) or (1 if dead else 0)
     finally:
         lc.stop()
+        FAULTS.shutdown()
         print(f"logs: {home}/*.log")
 
 

@@ -109,7 +109,10 @@ class LocalComponents:
     process (group) with its own log, on fixed ports: so a test can SIGKILL, restart, pause
     or stop any one of them while the others keep running, as in production.
 
-    `lowtide up` stops the whole cluster when a component dies; this does not."""
+    `lowtide up` stops the whole cluster when a component dies; this does not.
+
+    Every process gets a parent-death signal, which Linux ties to the *thread* that started
+    it: start and restart components from a thread that outlives them (the main thread)."""
 
     def __init__(self, home: Path, keep_alive_s: float | None = None, pool: bool = True,
                  env: dict[str, str] | None = None) -> None:
