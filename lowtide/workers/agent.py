@@ -25,6 +25,8 @@ import psutil
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 
 from .. import _keys
@@ -44,6 +46,7 @@ CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited u
 HEARTBEAT_S = 1.0
 HOST_ALIVE_TTL_S = 5
 LOG_STREAM_MAXLEN = 5000
+ORPHAN_AGE_S = 10.0  # a starting record with no start job yet, older than this: lost
 TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
 
 
@@ -116,6 +119,7 @@ class Agent:
         health = serve_health(self.settings.bind_host, self.settings.port, self._health)
         self.http_port = health.server_address[1]
         self._register_when_redis_answers(stop)
+        self._forget_orphans()  # before any job of ours runs
         self._start_rq()
         log.info("agent %s ready (queue %s, health on port %d)", self.settings.host_id,
                  _keys.host_queue(self.settings.host_id), self.http_port)
@@ -219,6 +223,32 @@ class Agent:
                 log.warning("cannot register the host (%s); retrying in %.1f s", exc, wait_s)
                 stop.wait(wait_s)
                 wait_s = min(wait_s * 2, 5.0)
+
+    def _forget_orphans(self) -> None:
+        """Replicas a previous agent of this host was starting when it died: their start job
+        ran (or was running) in the dead agent, and their process died with it, so nothing
+        will ever make them ready. Out of the records, so the platform starts new ones now
+        instead of waiting for its start timeout; a start job still queued is left alone."""
+        try:
+            for raw_name in self.redis.smembers(_keys.DEPLOYMENTS):
+                endpoint = raw_name.decode()
+                for raw in self.redis.hvals(_keys.replicas(endpoint)):
+                    record = json.loads(raw)
+                    if (record.get("host") == self.settings.host_id
+                            and record.get("state") == "starting"
+                            and self._start_was_lost(record)):
+                        log.warning("replica %s of %s was being started by a previous agent "
+                                    "of this host; forgetting it", record["id"], endpoint)
+                        self._forget(endpoint, record["id"])
+        except (RedisError, ValueError, KeyError) as exc:
+            log.warning("could not check for replicas orphaned by a previous agent: %s", exc)
+
+    def _start_was_lost(self, record: dict[str, object]) -> bool:
+        try:
+            status = Job.fetch(f"start-{record['id']}", connection=self.redis).get_status()
+        except NoSuchJobError:  # enqueued right after the record: only an old one is lost
+            return time.time() - float(str(record.get("created_at") or 0)) > ORPHAN_AGE_S
+        return status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
     def _register(self) -> None:
         s = self.settings

@@ -192,7 +192,7 @@ def test_activator_sigkill_keeps_buffered_async_requests(
 
 # ---- agent ------------------------------------------------------------------------------
 def test_agent_sigkill_requests_answered_after_replacement(
-    lc: LocalComponents, client: Client
+    lc: LocalComponents, client: Client, redis: Redis
 ) -> None:
     name = _name("agent")
     ep = client.deploy(tagged, name=name, max_replicas=1)
@@ -203,6 +203,14 @@ def test_agent_sigkill_requests_answered_after_replacement(
     wait_for(lambda: _busy_replica(client, name), 90, "a replica running requests")
     before = {i["id"] for i in client.status(name)["replicas"]["items"]}
     lc.kill("agent", signal.SIGKILL)  # its replicas and pool workers go with it
+    # and it died while starting one more: a record nothing will ever make ready
+    orphan = {"id": "r-orphan" + uuid.uuid4().hex[:6], "version": 1, "state": "starting",
+              "host": "local", "created_at": time.time() - 60}
+    redis.hset(f"lt:rep:{name}", orphan["id"], json.dumps(orphan))
+    # a restart quicker than the host's heartbeat TTL (start-up is slow on a busy machine)
+    beat = redis.get("lt:hostalive:local")
+    assert beat is not None
+    redis.set("lt:hostalive:local", beat, ex=30)
     time.sleep(2)
     lc.start_component("agent")
     _fetch_all(lc, async_payloads, ids, timeout_s=150)
@@ -217,6 +225,7 @@ def test_agent_sigkill_requests_answered_after_replacement(
     _check(p, r.status_code, r.content)
     after = {i["id"] for i in client.status(name)["replicas"]["items"] if i["state"] == "ready"}
     assert after and not after & before
+    assert not redis.hexists(f"lt:rep:{name}", orphan["id"])
 
 
 # ---- platform ---------------------------------------------------------------------------
