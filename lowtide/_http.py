@@ -89,6 +89,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             detail = f"the body is larger than the limit of {request.app['max_body_bytes']} bytes"
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # on 405
         return json_error(exc.status, exc.reason.lower(), detail, allow)
+    except RedisError as exc:  # the shared state is out of reach: a retryable 503
+        log.warning("%s %s: Redis is unreachable: %s", request.method, request.path, exc)
+        return json_error(503, "unavailable", f"Redis is unreachable ({type(exc).__name__}); "
+                          "retry shortly", {"Retry-After": "1"})
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error", f"{type(exc).__name__} (see the server log)")

@@ -26,10 +26,12 @@ from .settings import ActivatorSettings
 log = logging.getLogger(__name__)
 
 WORKER_STOP_S = 15.0
+REDIS_TIMEOUT_S = 2.0  # the longest one Redis command on the request path may take
 
 
 async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
-    redis = async_redis(settings.redis_url)
+    # a request never waits long on a hung Redis: it is answered 503 with Retry-After
+    redis = async_redis(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
     activator = Activator(settings, redis)
     activator.session = client_session()
     tasks = [

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis import Redis as SyncRedis
-
-from .._redis import async_redis
+from .._redis import async_redis, sync_redis
 from .._run import serve_app, supervise
 from .api import build_app
 from .scaler import Scaler, ScalerSettings
@@ -18,8 +16,8 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     redis = async_redis(settings.redis_url)
-    sync_redis = SyncRedis.from_url(settings.redis_url)
-    scaler = Scaler(redis, sync_redis, ScalerSettings(keep_alive_s=settings.keep_alive_s))
+    sync = sync_redis(settings.redis_url)
+    scaler = Scaler(redis, sync, ScalerSettings(keep_alive_s=settings.keep_alive_s))
     runner = await serve_app(build_app(settings, redis, scaler), settings.host, settings.port)
     log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
              "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")
@@ -28,4 +26,4 @@ async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     finally:
         await runner.cleanup()
         await redis.aclose()
-        sync_redis.close()
+        sync.close()

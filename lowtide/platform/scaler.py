@@ -38,6 +38,7 @@ DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
                     "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
 ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
+REDIS_STALL_S = 1.0  # a listing slower than this: Redis stalled, heartbeats may have lapsed
 STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
@@ -72,6 +73,7 @@ class Scaler:
         self._lost_since: dict[str, float] = {}  # host id -> when it was found lost
         # host id -> endpoint -> when it last lost a replica there (its host may be next)
         self._lost_on: dict[str, dict[str, float]] = {}
+        self._redis_failed_at = 0.0  # last Redis error seen by the loop
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -103,16 +105,24 @@ class Scaler:
                 names, self._poked = self._poked, set()
                 if time.monotonic() >= next_full:
                     next_full = time.monotonic() + self.settings.tick_s
+                    asked = time.monotonic()
                     names |= {n.decode() for n in await self._members()}
-                    try:
-                        await self.watch_hosts(self.clock())
-                    except RedisError as exc:
-                        log.warning("watching hosts failed: %s", exc)
+                    if time.monotonic() - asked > REDIS_STALL_S:  # hung, then back
+                        self._redis_failed()
+                    if self._liveness_known(self.clock()):  # no host is lost to a Redis gap
+                        try:
+                            await self.watch_hosts(self.clock())
+                        except RedisError as exc:
+                            self._redis_failed()
+                            log.warning("watching hosts failed: %s", exc)
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
                     except RedisError as exc:
+                        self._redis_failed()
                         log.warning("reconcile %s failed: %s", name, exc)
+                    except Exception:  # one endpoint's bad state must not stop the loop
+                        log.exception("reconcile %s failed", name)
                 if wakes.done():
                     wakes.result()  # a dead listener is an error, not silence
         finally:
@@ -124,6 +134,7 @@ class Scaler:
         try:
             return set(await self.redis.smembers(_keys.DEPLOYMENTS))
         except RedisError as exc:
+            self._redis_failed()
             log.warning("cannot list deployments: %s", exc)
             return set()
 
@@ -162,6 +173,14 @@ class Scaler:
             desired = dep.desired if dep is not None else 0
             await state.record_event(self.redis, name, "replica", text, frm=desired,
                                      to=desired)
+
+    def _redis_failed(self) -> None:
+        """Heartbeats could not be written while Redis was away: judge liveness again only
+        ALIVE_GRACE_S after it answers (a Redis restart is not every replica lost)."""
+        self._redis_failed_at = self.clock()
+
+    def _liveness_known(self, now: float) -> bool:
+        return now - self._redis_failed_at > ALIVE_GRACE_S
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
@@ -264,10 +283,12 @@ class Scaler:
         if r.state == "crashed":
             code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
             return f"replica {r.id} failed: exited with code {code}: {last}"
-        if r.host and r.host not in hosts and r.state != "starting":
+        if (r.host and r.host not in hosts and r.state != "starting"
+                and self._liveness_known(now)):
             return (f"replica {r.id} lost with its host {r.host} (no host heartbeat for over "
                     f"{_keys.HOST_ALIVE_TTL_S} s)")
-        if r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S:
+        if (r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S
+                and self._liveness_known(now)):
             beat = (hosts.get(r.host) or {}).get("load") or {}
             host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
                 "at" in beat and now - beat["at"] > 2) else ""
@@ -276,7 +297,7 @@ class Scaler:
         if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
             return f"replica {r.id} stopped"
         if r.state == "starting":
-            if r.host not in hosts:  # not the function's fault: no failure backoff
+            if r.host not in hosts and self._liveness_known(now):  # not the function's fault
                 return (f"replica {r.id} lost while starting: host {r.host!r} stopped "
                         "heartbeating")
             if age_s > self.settings.start_timeout_s:

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import httpx
 from prometheus_client import Counter, Gauge
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 
 from .. import _keys
+from .._redis import sync_redis
 from .._redisserver import free_port
 from . import bento
 from .health import serve_health
@@ -43,6 +45,7 @@ CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited u
 HEARTBEAT_S = 1.0
 HOST_ALIVE_TTL_S = _keys.HOST_ALIVE_TTL_S
 LOG_STREAM_MAXLEN = 5000
+ORPHAN_AGE_S = 10.0  # a starting record with no start job yet, older than this: lost
 TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
 ORPHAN_CHECK_S = 5.0
 ORPHAN_GRACE_S = 15.0  # a replica this old whose record is gone was dropped by the platform
@@ -92,19 +95,29 @@ class _ThreadWorker(SimpleWorker):
     """rq's SimpleWorker run in a thread: no signal handlers, timer-based job timeouts."""
 
     death_penalty_class = TimerDeathPenalty
+    max_connection_wait_time = 5.0  # back within seconds of Redis, not rq's minute
 
     def _install_signal_handlers(self) -> None:
         pass
 
 
+@dataclass
+class _RqSlot:
+    """One job thread's queue and its current rq worker (replaced after Redis losses)."""
+
+    label: str
+    queue_name: str
+    worker: _ThreadWorker | None = None
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = sync_redis(settings.redis_url)
         self.replicas: dict[str, ReplicaProcess] = {}
         self._lock = threading.Lock()
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
-        self._rq: list[tuple[_ThreadWorker, threading.Thread]] = []
+        self._rq: list[tuple[_RqSlot, threading.Thread]] = []
         self.gpus = Gpus.open() if settings.gpus else Gpus.none()
         self._sampler = ReplicaSampler(self.gpus)
         self._host: dict[str, object] = {}
@@ -119,7 +132,8 @@ class Agent:
         _current = self
         health = serve_health(self.settings.bind_host, self.settings.port, self._health)
         self.http_port = health.server_address[1]
-        self._register()
+        self._register_when_redis_answers(stop)
+        self._forget_orphans()  # before any job of ours runs
         self._start_rq()
         log.info("agent %s ready (queue %s, health on port %d)", self.settings.host_id,
                  _keys.host_queue(self.settings.host_id), self.http_port)
@@ -158,8 +172,9 @@ class Agent:
         with self._lock:
             self._stopping = True  # from now on start jobs are refused
             replicas = list(self.replicas.values())
-        for worker, _ in self._rq:
-            worker._stop_requested = True
+        for slot, _ in self._rq:
+            if slot.worker is not None:
+                slot.worker._stop_requested = True
         if self.pool is not None:
             self.pool.stop_all()
         threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
@@ -184,13 +199,75 @@ class Agent:
         host = self.settings.host_id
         for label, queue_name in (("commands", _keys.host_queue(host)),
                                   ("builds", _keys.host_build_queue(host))):
-            queue = Queue(queue_name, connection=self.redis)
-            worker = _ThreadWorker([queue], connection=self.redis, worker_ttl=16,
-                                   name=f"agent-{host}-{os.getpid()}-{label}")
-            thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"},
-                                      name=f"rq-{label}", daemon=True)
+            slot = _RqSlot(label, queue_name)
+            thread = threading.Thread(target=self._run_rq, args=(slot,), name=f"rq-{label}",
+                                      daemon=True)
             thread.start()
-            self._rq.append((worker, thread))
+            self._rq.append((slot, thread))
+
+    def _run_rq(self, slot: _RqSlot) -> None:
+        """One rq worker after another until the agent stops: rq's `work()` returns (or
+        raises) when Redis goes away outside its dequeue retry; a new worker, under a new
+        name, takes over after a backoff."""
+        host, wait_s, n = self.settings.host_id, 0.0, 0
+        while not self._stopping:
+            n += 1
+            started = time.monotonic()
+            try:  # even creating a worker talks to Redis
+                worker = _ThreadWorker([Queue(slot.queue_name, connection=self.redis)],
+                                       connection=self.redis, worker_ttl=16,
+                                       name=f"agent-{host}-{os.getpid()}-{slot.label}-{n}")
+                slot.worker = worker
+                if self._stopping:
+                    return
+                worker.work(logging_level="WARNING")
+                why = "stopped"
+            except Exception as exc:
+                why = f"failed: {type(exc).__name__}: {exc}"
+            if self._stopping:
+                return
+            wait_s = 0.5 if time.monotonic() - started > 30 else min(max(wait_s * 2, 0.5), 5.0)
+            log.warning("rq worker for %s %s; a new one starts in %.1f s", slot.queue_name, why,
+                        wait_s)
+            time.sleep(wait_s)
+
+    def _register_when_redis_answers(self, stop: threading.Event) -> None:
+        """Started while Redis is away: wait for it (with backoff) instead of exiting."""
+        wait_s = 0.5
+        while not stop.is_set():
+            try:
+                self._register()
+                return
+            except RedisError as exc:
+                log.warning("cannot register the host (%s); retrying in %.1f s", exc, wait_s)
+                stop.wait(wait_s)
+                wait_s = min(wait_s * 2, 5.0)
+
+    def _forget_orphans(self) -> None:
+        """Replicas a previous agent of this host was starting when it died: their start job
+        ran (or was running) in the dead agent, and their process died with it, so nothing
+        will ever make them ready. Out of the records, so the platform starts new ones now
+        instead of waiting for its start timeout; a start job still queued is left alone."""
+        try:
+            for raw_name in self.redis.smembers(_keys.DEPLOYMENTS):
+                endpoint = raw_name.decode()
+                for raw in self.redis.hvals(_keys.replicas(endpoint)):
+                    record = json.loads(raw)
+                    if (record.get("host") == self.settings.host_id
+                            and record.get("state") == "starting"
+                            and self._start_was_lost(record)):
+                        log.warning("replica %s of %s was being started by a previous agent "
+                                    "of this host; forgetting it", record["id"], endpoint)
+                        self._forget(endpoint, record["id"])
+        except (RedisError, ValueError, KeyError) as exc:
+            log.warning("could not check for replicas orphaned by a previous agent: %s", exc)
+
+    def _start_was_lost(self, record: dict[str, object]) -> bool:
+        try:
+            status = Job.fetch(f"start-{record['id']}", connection=self.redis).get_status()
+        except NoSuchJobError:  # enqueued right after the record: only an old one is lost
+            return time.time() - float(str(record.get("created_at") or 0)) > ORPHAN_AGE_S
+        return status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
     def _register(self) -> None:
         """The host's description: capacity (cores, memory, GPUs), labels, address. Written

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import _keys
 from .._protocol import QueuedRequest, Result, error_result
+from .._redis import Backoff, pause
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,32 @@ class StreamPuller:
         self._slots = slots
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_reclaim = 0.0
+        self._serving: set[bytes] = set()  # entry ids taken and not yet answered
+        self._recover_from: bytes | None = b"0"  # re-read own pending entries from here
         self.paused = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_group(self._redis, self._stream)
-        backoff_s = 0.1
+        """Pull until `stop`. Redis errors (gone, restarted, group lost) are logged and
+        retried with backoff; this loop only ends when asked to."""
+        backoff = Backoff()
+        group_ok = False
         while not stop.is_set():
             try:
-                await self._step()
-                backoff_s = 0.1
-            except RedisError as exc:
-                log.warning("stream pull failed (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-                if "NOGROUP" in str(exc):
+                if not group_ok:
                     await ensure_group(self._redis, self._stream)
+                    group_ok = True
+                await self._step()
+                backoff.reset()
+            except RedisError as exc:
+                wait_s = backoff.next_s()
+                log.warning("stream pull failed (%s); retrying in %.1f s", exc, wait_s)
+                group_ok = group_ok and "NOGROUP" not in str(exc)
+                self._recover_from = b"0"  # a delivery may have been lost with the reply
+                await pause(stop, wait_s)
+            except Exception:
+                wait_s = backoff.next_s()
+                log.exception("stream pull failed; retrying in %.1f s", wait_s)
+                await pause(stop, wait_s)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for entries already taken to be answered."""
@@ -79,6 +91,8 @@ class StreamPuller:
         if now - self._last_reclaim >= RECLAIM_EVERY_S:
             self._last_reclaim = now
             await self._reclaim()
+        if self._recover_from is not None:
+            await self._recover_own()
         free = self._slots.free()
         if free <= 0:
             return
@@ -88,6 +102,25 @@ class StreamPuller:
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._spawn(entry_id, fields)
+
+    async def _recover_own(self) -> None:
+        """Entries Redis delivered to this consumer while the reply was lost (the connection
+        broke, Redis restarted) stay pending on a live consumer, which no other replica
+        claims: read this consumer's own pending list back and serve what is not running."""
+        assert self._recover_from is not None
+        count = max(1, self._slots.free())
+        reply = await self._redis.xreadgroup(
+            _keys.STREAM_GROUP, self._consumer, {self._stream: self._recover_from}, count=count)
+        entries = reply[0][1] if reply else []
+        for entry_id, fields in entries:
+            if entry_id not in self._serving:
+                if self._slots.free() <= 0:
+                    return  # the rest at the next step, from this entry on
+                log.info("serving entry %r again: its delivery was lost", entry_id)
+                self._spawn(entry_id, fields)
+            self._recover_from = entry_id  # reads continue after it
+        if len(entries) < count:
+            self._recover_from = None
 
     async def _reclaim(self) -> None:
         summary = await self._redis.xpending(self._stream, _keys.STREAM_GROUP)
@@ -129,47 +162,58 @@ class StreamPuller:
 
     def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         self._slots.acquire()
+        self._serving.add(entry_id)
         task = asyncio.create_task(self._serve(entry_id, fields))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, entry_id))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], entry_id: bytes) -> None:
         self._tasks.discard(task)
+        self._serving.discard(entry_id)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("serving a stream entry failed", exc_info=task.exception())
 
     async def _serve(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         if not fields:  # deleted while pending: nothing to answer
-            await self._redis.xack(self._stream, _keys.STREAM_GROUP, entry_id)
+            await self._finish(entry_id, None, None)
             return
         try:
             request = QueuedRequest.from_fields(fields)
         except (KeyError, ValueError):
             log.error("dropping malformed stream entry %r", entry_id)
-            await self._finish(entry_id, None, error_result(400, "malformed request entry"))
+            await self._finish(entry_id, None, None)
             return
-        result = await self._handler(request)
+        try:
+            result = await self._handler(request)
+        except Exception as exc:  # answered, never left pending on a live consumer
+            log.exception("running stream entry %r failed", entry_id)
+            result = error_result(500, "internal error",
+                                  f"{type(exc).__name__} in the replica (see `lowtide logs`)")
         await self._finish(entry_id, request, result)
 
-    async def _finish(self, entry_id: bytes, request: QueuedRequest | None, result: Result) -> None:
-        backoff_s = 0.1
+    async def _finish(self, entry_id: bytes, request: QueuedRequest | None,
+                      result: Result | None) -> None:
+        """Store the result, acknowledge and delete the entry, and publish the answer, in one
+        transaction; retried until Redis takes it (the entry stays pending meanwhile)."""
+        backoff = Backoff()
         while True:
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    if request is not None:
+                    if request is not None and result is not None:
                         key = _keys.result(request.id)
                         pipe.hset(key, mapping=result.to_fields())
                         pipe.expire(key, _keys.RESULT_TTL_S)
                     pipe.xack(self._stream, _keys.STREAM_GROUP, entry_id)
                     pipe.xdel(self._stream, entry_id)
-                    if request is not None and request.reply_to:
+                    if request is not None and result is not None and request.reply_to:
                         pipe.publish(
                             _keys.reply_channel(request.reply_to), result.to_message(request.id)
                         )
                     await pipe.execute()
                 return
             except RedisError as exc:
-                log.warning("storing a result failed (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                wait_s = backoff.next_s()
+                log.warning("storing a result failed (%s); retrying in %.1f s", exc, wait_s)
+                await asyncio.sleep(wait_s)
+

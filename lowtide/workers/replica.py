@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from .. import _keys
 from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
-from .._redis import async_redis
+from .._redis import Backoff, async_redis
 from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
 from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
@@ -121,8 +121,19 @@ class Replica:
 
     # ---- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
-        await self._heartbeat_once()
-        await self._set_state("ready")
+        """Register as ready; while Redis is away, wait for it (with backoff) rather than
+        exit: a replica starting during a Redis restart comes up when Redis does."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self._heartbeat_once()
+                await self._set_state("ready")
+                break
+            except RedisError as exc:
+                wait_s = backoff.next_s()
+                log.warning("replica %s cannot register (%s); retrying in %.1f s",
+                            self.settings.replica_id, exc, wait_s)
+                await asyncio.sleep(wait_s)
         self._tasks = [
             asyncio.create_task(self.puller.run(self._stop), name="puller"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -134,7 +145,10 @@ class Replica:
 
     async def stop(self) -> None:
         s = self.settings
-        await self._set_state("stopping")
+        try:
+            await self._set_state("stopping")  # out of routing first, where Redis allows
+        except RedisError as exc:
+            log.warning("could not mark replica %s stopping: %s", s.replica_id, exc)
         self._stop.set()
         await self.puller.drain(s.drain_s)
         await self.slots.wait_idle(s.drain_s)
@@ -308,11 +322,21 @@ class Replica:
         self.puller.paused = stale
 
     async def _heartbeat(self) -> None:
+        """Every HEARTBEAT_S while Redis answers; failures are logged (once per outage at
+        WARNING) and retried at the same pace, so liveness returns within a beat."""
+        failing = False
         while not self._stop.is_set():
             try:
                 await self._heartbeat_once()
+                if failing:
+                    log.info("heartbeat restored")
+                failing = False
             except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "heartbeat failed (%s); retrying every %g s", exc, HEARTBEAT_S)
+                failing = True
+            except Exception:
+                log.exception("heartbeat failed; retrying in %g s", HEARTBEAT_S)
             await asyncio.sleep(HEARTBEAT_S)
 
 
