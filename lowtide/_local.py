@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,9 +61,10 @@ class LocalCluster:
 
 
 def start_local_cluster(home: Path, redis_url: str = "", keep_alive_s: float | None = None,
-                        extra_args: tuple[str, ...] = (), timeout_s: float = 90.0
-                        ) -> LocalCluster:
-    """Start `lowtide up` on free ports with its state in `home`; return once it is up."""
+                        extra_args: tuple[str, ...] = (), timeout_s: float = 90.0,
+                        env: Mapping[str, str] | None = None) -> LocalCluster:
+    """Start `lowtide up` on free ports with its state in `home`; return once it is up.
+    `env` adds to this process's environment for the cluster (e.g. pip settings)."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "up.log"
     cmd = [sys.executable, "-m", "lowtide", "up", "--home", str(home),
@@ -72,10 +74,10 @@ def start_local_cluster(home: Path, redis_url: str = "", keep_alive_s: float | N
         cmd += ["--redis-url", redis_url]
     if keep_alive_s is not None:
         cmd += ["--keep-alive", f"{keep_alive_s:g}"]
-    env = {**os.environ, "LOWTIDE_HOME": str(home)}
-    env.pop("REDIS_URL", None)
+    environ = {**os.environ, **(env or {}), "LOWTIDE_HOME": str(home)}
+    environ.pop("REDIS_URL", None)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environ,
                                 stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while "lowtide is up" not in log_path.read_text(errors="replace"):

@@ -59,16 +59,24 @@ def redis(redis_url: str) -> Iterator[Redis]:
 RunningCluster = LocalCluster
 
 
-def start_cluster(home: Path, redis_url: str = "", keep_alive_s: float | None = None
-                  ) -> LocalCluster:
-    return start_local_cluster(home, redis_url, keep_alive_s)
+def start_cluster(home: Path, redis_url: str = "", keep_alive_s: float | None = None,
+                  env: dict[str, str] | None = None) -> LocalCluster:
+    return start_local_cluster(home, redis_url, keep_alive_s, env=env)
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session cluster's only package index: its agent's pip installs from here alone
+    (tests put wheels here; nothing is fetched from the network)."""
+    return tmp_path_factory.mktemp("wheelhouse")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str, wheelhouse: Path
             ) -> Iterator[RunningCluster]:
     running = start_cluster(tmp_path_factory.mktemp("lowtide-home"), redis_url,
-                            keep_alive_s=TEST_KEEP_ALIVE_S)
+                            keep_alive_s=TEST_KEEP_ALIVE_S,
+                            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)})
     yield running
     running.stop()
 

@@ -43,7 +43,7 @@ def test_cold_endpoint_is_served_by_a_specialized_pool_worker(cluster, client: C
 
 
 def _wheel(tmp_path: Path) -> Path:
-    """A tiny pure-Python wheel, so the full path installs it without any index."""
+    """A tiny pure-Python wheel (not on any index: the cluster finds it in its wheelhouse)."""
     path = tmp_path / "ltprobe-0.1-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as whl:
         whl.writestr("ltprobe/__init__.py", "ANSWER = 'from the full path'\n")
@@ -57,15 +57,15 @@ def _wheel(tmp_path: Path) -> Path:
 
 
 def test_unsatisfied_requirement_takes_the_full_path(client: Client, unique_name: str,
-                                                     tmp_path: Path) -> None:
-    wheel = _wheel(tmp_path)
+                                                     wheelhouse: Path) -> None:
+    _wheel(wheelhouse)  # the cluster's agent installs from there (PIP_FIND_LINKS)
 
     def probe(x):
         import ltprobe  # installed only in the endpoint's own environment
 
         return f"{ltprobe.ANSWER} {x}"
 
-    ep = client.deploy(probe, name=unique_name, requirements=[f"ltprobe @ {wheel.as_uri()}"])
+    ep = client.deploy(probe, name=unique_name, requirements=["ltprobe==0.1"])
     assert ep(1) == "from the full path 1"
     assert _startup(client, unique_name)["path"] == "full"
 
