@@ -25,6 +25,20 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return _die_with_parent if os.uname().sysname == "Linux" else None
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """From now on this process gets SIGTERM when its parent dies; if the parent
+    (`parent_pid`, read before this call) is already gone, SIGTERM now.
+
+    For processes started by code we do not control: BentoML's `bentoml serve` starts its
+    worker processes in their own sessions, so neither its parent-death signal nor a signal
+    to its process group reaches them, and a worker would outlive a killed server."""
+    if os.uname().sysname != "Linux":
+        return
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int | None:
     """SIGTERM the process group, wait up to grace_s, then SIGKILL it; return the exit code."""
     _signal_group(proc, signal.SIGTERM)

@@ -13,6 +13,7 @@ import sys
 import bentoml
 
 from . import replica
+from .procs import die_with_parent
 
 
 @bentoml.asgi_app(replica.invoke_app, path="/lt")
@@ -26,6 +27,7 @@ from . import replica
 class Worker:
     @bentoml.on_startup
     async def _start(self) -> None:
+        die_with_parent(os.getppid())  # a killed `bentoml serve` takes this worker along
         if os.environ.get("LOWTIDE_POOL") == "1":
             replica.enter_pool()  # a prewarmed worker: the function comes later
             return
