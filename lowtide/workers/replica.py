@@ -16,6 +16,7 @@ input), and the heartbeat carries it with in-flight and the no-load latency.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -134,6 +135,9 @@ class Replica:
                 log.warning("replica %s cannot register (%s); retrying in %.1f s",
                             self.settings.replica_id, exc, wait_s)
                 await asyncio.sleep(wait_s)
+        # the function, its model and the frameworks live as long as the replica: keep them
+        # out of the collector's generations, so collections under load walk only garbage
+        gc.freeze()
         self._tasks = [
             asyncio.create_task(self.puller.run(self._stop), name="puller"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -369,6 +373,7 @@ def enter_pool() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
+    gc.freeze()
 
 
 def current() -> Replica | None:
