@@ -92,6 +92,15 @@ def drain(client: Client, name: str, timeout_s: float = 300.0) -> None:
         time.sleep(0.5)
 
 
+def settle(client: Client, name: str, timeout_s: float = 60.0) -> None:
+    """Wait until the replica runs nothing: when wrk stops, the requests its connections
+    had sent still run, and would take the next measurement's capacity."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(1.0)  # the heartbeat reports in_flight about once a second
+    while replica(client, name)["in_flight"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def learned_run(client: Client, name: str, url: str, body: dict[str, Any], offered: int,
                 duration_s: float) -> tuple[LoadResult, list[int], dict[str, Any]]:
     wrk_closed(url, body, offered, duration_s)  # the limit learns; not measured
@@ -148,10 +157,12 @@ def main() -> None:
             ep = client.deploy(fn, name=f"bench-{label}", min_replicas=1, max_replicas=1)
             ep.call(**body)
             direct = f"http://{replica(client, ep.name)['address']}/lt/invoke"
-            sweeps[label] = {c: wrk_closed(direct, body, c, args.sweep_duration)
-                             for c in SWEEP}
             at_learned[label] = wrk_closed(direct, body, learned_limit(label),
                                            args.sweep_duration)
+            sweeps[label] = {}
+            for c in SWEEP:
+                settle(client, ep.name)
+                sweeps[label][c] = wrk_closed(direct, body, c, args.sweep_duration)
             print(f"{label}: sweep " + ", ".join(f"{c}: {r.rps:.0f}/s"
                                                  for c, r in sweeps[label].items()),
                   file=sys.stderr)
