@@ -1,9 +1,11 @@
 """`lowtide up`: a whole dev cluster in one process tree.
 
 Redis (embedded unless a URL is given), the platform, the activator and one host agent run
-as child processes in their own process groups, so the order of shutdown is ours: agent
-first (it stops the replicas), then activator, platform, and Redis last. Children also get
-a parent-death signal, so even a SIGKILL of `lowtide up` leaves nothing running.
+as child processes in their own process groups, so the order of shutdown is ours: the
+activator first (it stops accepting and answers what it holds, while replicas still run),
+then the platform (so it does not replace the replicas the agent is about to stop), then the
+agent (it stops the replicas), and Redis last. Children also get a parent-death signal, so
+even a SIGKILL of `lowtide up` leaves nothing running.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ._redisserver import start_redis_server
 from .workers.procs import die_with_parent_hook, stop_group
 
 STOP_GRACE_S = 8.0
+STOP_ORDER = ("activator", "platform", "agent")  # see the module docstring
 READY_TIMEOUT_S = 60.0
 
 
@@ -145,7 +148,7 @@ class Cluster:
     def stop(self) -> None:
         me = psutil.Process()
         before = me.children(recursive=True)
-        for _name, proc in reversed(self.children):  # agent, activator, platform
+        for _name, proc in sorted(self.children, key=lambda c: STOP_ORDER.index(c[0])):
             stop_group(proc, STOP_GRACE_S)
         if self.redis_proc is not None:
             self.redis_proc.terminate()

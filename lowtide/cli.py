@@ -230,6 +230,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().isEnabledFor(logging.INFO) and not logging.getLogger().isEnabledFor(
+            logging.DEBUG):
+        # one line per HTTP request (the agent's probes of its pool workers): debug detail
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:
