@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from lowtide import _keys
+from lowtide._redis import async_redis
+from lowtide._redisserver import free_port
 from lowtide.platform.keepalive import (
     DailyArrivals,
     IdleGaps,
@@ -21,6 +24,7 @@ from lowtide.platform.policy import (
     AutoscalerSettings,
     Observation,
 )
+from lowtide.platform.scaler import Scaler, ScalerSettings
 
 DAY_S = 86400.0
 MIDNIGHT = 19_000 * DAY_S  # a UTC midnight, the fake clock's start
@@ -231,3 +235,87 @@ def test_the_daily_pattern_in_words() -> None:
     forced = Autoscaler(AutoscalerSettings(keep_alive_s=60.0))
     forced.restore(policy.learned())
     assert forced.daily_pattern(MIDNIGHT + 4 * DAY_S + 12 * 3600) is None
+
+
+# ---- the scaler keeps it in Redis (a real redis-server) ----------------------------------
+def learned_scaler(redis: Any) -> Scaler:
+    return Scaler(redis, None, ScalerSettings(learned_save_s=10.0))  # type: ignore[arg-type]
+
+
+def timer_policy() -> Autoscaler:
+    ep = Endpoint(Autoscaler())
+    ep.run(every(900, MIDNIGHT, MIDNIGHT + 8 * 900), MIDNIGHT, MIDNIGHT + 8 * 900, 10.0)
+    return ep.policy
+
+
+async def test_the_scaler_saves_at_most_every_interval_and_a_restart_restores(
+        redis_url: str) -> None:
+    redis = async_redis(redis_url)
+    name = "t-learned-save"
+    try:
+        await redis.hset(_keys.deployment(name), mapping={"version": 1})
+        before = learned_scaler(redis)
+        before._policies[name] = timer_policy()
+        await before.save_learned(name, 100.0)
+        saved = json.loads(await redis.get(_keys.learned(name)))
+        assert len(saved["idle_gaps"]["gaps"]) == 7
+
+        before._policies[name].idle_gaps.note_idle_gap(900.0)  # learned more
+        await before.save_learned(name, 105.0)  # within the interval: not written yet
+        assert json.loads(await redis.get(_keys.learned(name))) == saved
+        await before.save_learned(name, 110.0)
+        assert len(json.loads(await redis.get(_keys.learned(name)))["idle_gaps"]["gaps"]) == 8
+        before._policies[name].idle_gaps.note_idle_gap(900.0)
+        await before.save_all_learned()  # the way out does not wait for the interval
+        assert len(json.loads(await redis.get(_keys.learned(name)))["idle_gaps"]["gaps"]) == 9
+
+        after = learned_scaler(redis)  # a restarted platform
+        restored = await after.learned_policy(name)
+        assert restored.keep_alive() == before._policies[name].keep_alive()
+        assert "pre-warm at" in restored.keep_alive().reason
+        assert await after.learned_policy(name) is restored  # read once, then kept
+    finally:
+        await redis.delete(_keys.deployment(name), _keys.learned(name))
+        await redis.aclose()
+
+
+async def test_no_learned_state_is_written_for_a_deleted_endpoint(redis_url: str) -> None:
+    redis = async_redis(redis_url)
+    name = "t-learned-deleted"
+    try:
+        scaler = learned_scaler(redis)
+        scaler._policies[name] = timer_policy()
+        await scaler.save_learned(name, 100.0, force=True)
+        assert await redis.get(_keys.learned(name)) is None
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe", b"[]", b'{"version": 99}',
+                                 b'{"version": 1, "idle_gaps": {"gaps": ["x"]}}'])
+async def test_unusable_saved_state_starts_fresh_with_a_warning(
+        redis_url: str, raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    redis = async_redis(redis_url)
+    name = "t-learned-corrupt"
+    try:
+        await redis.set(_keys.learned(name), raw)
+        policy = await learned_scaler(redis).learned_policy(name)
+        assert not policy.idle_gaps.gaps
+        assert "fixed 600 s" in policy.keep_alive().reason
+        assert "saved learned state is unusable, the autoscaler starts fresh" in caplog.text
+    finally:
+        await redis.delete(_keys.learned(name))
+        await redis.aclose()
+
+
+async def test_a_redis_error_while_saving_is_logged_and_tried_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis = async_redis(f"redis://127.0.0.1:{free_port()}")  # nobody listens there
+    try:
+        scaler = learned_scaler(redis)
+        scaler._policies["t"] = timer_policy()
+        await scaler.save_learned("t", 100.0)  # does not raise
+        assert "saving the learned state failed, kept in memory and tried again" in caplog.text
+        assert "t" not in scaler._saved  # so the next look writes it
+    finally:
+        await redis.aclose()
