@@ -25,6 +25,7 @@ from lowtide.platform.policy import (
     Observation,
 )
 from lowtide.platform.scaler import Scaler, ScalerSettings
+from lowtide.platform.settings import PlatformSettings
 
 DAY_S = 86400.0
 MIDNIGHT = 19_000 * DAY_S  # a UTC midnight, the fake clock's start
@@ -319,3 +320,8 @@ async def test_a_redis_error_while_saving_is_logged_and_tried_again(
         assert "t" not in scaler._saved  # so the next look writes it
     finally:
         await redis.aclose()
+
+
+def test_a_histogram_bin_of_zero_is_refused_with_the_key() -> None:
+    with pytest.raises(ValueError, match="keep_alive_bin_s=0 must be > 0"):
+        PlatformSettings(redis_url="redis://x", token_sha256="0" * 64, keep_alive_bin_s=0)
