@@ -3,6 +3,10 @@
 `run()` owns the ticker and a wake subscription (a wake pokes one endpoint for an immediate
 decision, as Knative's autoscaler is poked on scale from zero). `reconcile()` is one step
 for one endpoint; commands to hosts go through their rq queues.
+
+What each endpoint's policy learned is kept in Redis (`_keys.learned`): read back the first
+time the endpoint is seen after a start, written when it changed (at most every
+`learned_save_s`) and on the way out, only while the endpoint exists.
 """
 
 from __future__ import annotations
@@ -152,6 +156,13 @@ class Scaler:
                        self._save_due):
             memory.pop(name, None)
 
+    def _check_born(self, name: str, created_at: float) -> None:
+        """An endpoint deleted and deployed again (a new created_at; a redeploy keeps it) is
+        a new endpoint: what was learned about the old one is forgotten here too."""
+        if self._born.setdefault(name, created_at) != created_at:
+            self._forget(name)
+            self._born[name] = created_at
+
     def keep_alive(self, name: str) -> KeepAlive:
         """The endpoint's current keep-alive window and why (for status)."""
         return self.policy(name).keep_alive()
@@ -271,9 +282,7 @@ class Scaler:
         if dep is None:
             self._forget(name)
             return None
-        if self._born.setdefault(name, dep.created_at) != dep.created_at:
-            self._forget(name)  # deleted and deployed again: a new endpoint, nothing learned
-            self._born[name] = dep.created_at
+        self._check_born(name, dep.created_at)
         policy = await self.learned_policy(name)
         now = self.clock()
         hosts = await state.live_hosts(self.redis)

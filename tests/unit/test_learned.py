@@ -325,3 +325,13 @@ async def test_a_redis_error_while_saving_is_logged_and_tried_again(
 def test_a_histogram_bin_of_zero_is_refused_with_the_key() -> None:
     with pytest.raises(ValueError, match="keep_alive_bin_s=0 must be > 0"):
         PlatformSettings(redis_url="redis://x", token_sha256="0" * 64, keep_alive_bin_s=0)
+
+
+def test_an_endpoint_deleted_and_deployed_again_starts_fresh_a_redeploy_does_not() -> None:
+    scaler = learned_scaler(None)
+    scaler._policies["e"] = timer_policy()
+    scaler._check_born("e", 1.0)
+    scaler._check_born("e", 1.0)  # a redeploy keeps created_at
+    assert "e" in scaler._policies
+    scaler._check_born("e", 2.0)  # deleted, then created again
+    assert "e" not in scaler._policies
