@@ -34,6 +34,13 @@ def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalComponents]:
     cluster.stop()
 
 
+def cli_env(lc: LocalComponents) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOWTIDE_")}
+    return {**env, "LOWTIDE_HOME": str(lc.home), "LOWTIDE_TOKEN": lc.config.token,
+            "LOWTIDE_PLATFORM_URL": lc.config.platform_url,
+            "LOWTIDE_ACTIVATOR_URL": lc.config.activator_url}
+
+
 def saved_gaps(redis: Redis, name: str) -> int:
     raw = redis.get(_keys.learned(name))
     return len(json.loads(raw)["idle_gaps"]["gaps"]) if raw else -1
@@ -55,6 +62,7 @@ def test_a_platform_restart_keeps_the_learned_keep_alive(lc: LocalComponents) ->
 
         before = wait_for(learned, 10, "a keep-alive learned from the idle gaps")
         assert isinstance(before, dict) and before["keep_s"] < 60, before  # not the fixed 600 s
+        assert client.status(name)["daily"] is None  # no idle night, no daily pattern
         gaps = int(re.search(r"of (\d+) idle gaps", before["reason"]).group(1))  # type: ignore[union-attr]
         # saved at most every 10 s: wait until what the status shows is in Redis
         wait_for(lambda: saved_gaps(redis, name) == gaps, 25, f"{gaps} gaps saved in Redis")
@@ -65,7 +73,7 @@ def test_a_platform_restart_keeps_the_learned_keep_alive(lc: LocalComponents) ->
         assert client.status(name)["keep_alive"] == before  # right after the restart
 
         cli = subprocess.run([sys.executable, "-m", "lowtide", "status", name],
-                             env={**os.environ, "LOWTIDE_HOME": str(lc.home)},
+                             env=cli_env(lc),
                              capture_output=True, text=True, timeout=30)
         assert cli.returncode == 0, cli.stderr
         assert f"keep-alive {before['keep_s']:g} s ({before['reason']})" in cli.stdout
