@@ -41,11 +41,6 @@ def cli_env(lc: LocalComponents) -> dict[str, str]:
             "LOWTIDE_ACTIVATOR_URL": lc.config.activator_url}
 
 
-def saved_gaps(redis: Redis, name: str) -> int:
-    raw = redis.get(_keys.learned(name))
-    return len(json.loads(raw)["idle_gaps"]["gaps"]) if raw else -1
-
-
 def test_a_platform_restart_keeps_the_learned_keep_alive(lc: LocalComponents) -> None:
     name = f"l-{uuid.uuid4().hex[:6]}"
     redis = Redis.from_url(lc.config.redis_url, socket_timeout=5)
@@ -56,17 +51,23 @@ def test_a_platform_restart_keeps_the_learned_keep_alive(lc: LocalComponents) ->
                 time.sleep(GAP_S)
             assert ep(i) == i + 1
 
-        def learned() -> dict[str, Any] | None:
+        def saved_with_the_last_call() -> dict[str, Any] | None:
+            """The keep-alive status shows, once the scaler has seen the last call, learned
+            from it, and saved that (at most every 10 s) in Redis."""
+            raw = redis.get(_keys.learned(name))
+            last_call_at = float(redis.hget(_keys.stats(name), "last_request_at") or 0)
             ka: dict[str, Any] = client.status(name)["keep_alive"]
-            return ka if re.search(r"of \d+ idle gaps", ka["reason"]) else None
+            shown = re.search(r"of (\d+) idle gaps", ka["reason"])
+            if raw is None or shown is None:
+                return None
+            saved = json.loads(raw)
+            return ka if (saved["seen"]["request_at"] == last_call_at
+                          and len(saved["idle_gaps"]["gaps"]) == int(shown.group(1))) else None
 
-        before = wait_for(learned, 10, "a keep-alive learned from the idle gaps")
+        before = wait_for(saved_with_the_last_call, 30, "the learned keep-alive saved",
+                          interval_s=0.5)
         assert isinstance(before, dict) and before["keep_s"] < 60, before  # not the fixed 600 s
         assert client.status(name)["daily"] is None  # no idle night, no daily pattern
-        gaps = int(re.search(r"of (\d+) idle gaps", before["reason"]).group(1))  # type: ignore[union-attr]
-        # saved at most every 10 s: wait until what the status shows is in Redis
-        wait_for(lambda: saved_gaps(redis, name) == gaps, 25, f"{gaps} gaps saved in Redis")
-        assert client.status(name)["keep_alive"] == before
 
         lc.restart("platform")  # SIGKILL: no clean shutdown, no last save
         lc.wait_ready()
