@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from dataclasses import dataclass
@@ -335,3 +336,20 @@ def test_an_endpoint_deleted_and_deployed_again_starts_fresh_a_redeploy_does_not
     assert "e" in scaler._policies
     scaler._check_born("e", 2.0)  # deleted, then created again
     assert "e" not in scaler._policies
+
+
+async def test_a_clean_shutdown_saves_what_changed(redis_url: str) -> None:
+    redis = async_redis(redis_url)
+    name = "t-learned-shutdown"
+    try:
+        await redis.hset(_keys.deployment(name), mapping={"version": 1})
+        scaler = learned_scaler(redis)
+        scaler._policies[name] = timer_policy()
+        scaler._save_due[name] = float("inf")  # not due: only the way out writes it
+        stop = asyncio.Event()
+        stop.set()
+        await asyncio.wait_for(scaler.run(stop), 10)
+        assert len(json.loads(await redis.get(_keys.learned(name)))["idle_gaps"]["gaps"]) == 7
+    finally:
+        await redis.delete(_keys.deployment(name), _keys.learned(name))
+        await redis.aclose()
