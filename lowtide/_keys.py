@@ -92,6 +92,12 @@ def decisions(name: str) -> str:
     return f"{PREFIX}dec:{name}"
 
 
+def learned(name: str) -> str:
+    """String: what the autoscaler learned about the endpoint (versioned JSON, see
+    `Autoscaler.learned()`), so a platform restart keeps it; deleted with the endpoint."""
+    return f"{PREFIX}learned:{name}"
+
+
 def logs(name: str) -> str:
     """Stream of replica output lines, capped."""
     return f"{PREFIX}logs:{name}"

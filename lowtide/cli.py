@@ -121,6 +121,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pl.add_argument("--keep-alive", type=_positive_float, metavar="SECONDS",
                     default=_env(env, "LOWTIDE_KEEP_ALIVE_S"),
                     help="fixed idle keep-alive (default: platform policy)")
+    pl.add_argument("--keep-alive-bin", type=_positive_float, metavar="SECONDS",
+                    default=_env(env, "LOWTIDE_KEEP_ALIVE_BIN_S", "60"),
+                    help="resolution of the learned keep-alive's idle-gap histogram; shorter "
+                    "gaps are not idle periods (env LOWTIDE_KEEP_ALIVE_BIN_S; tests use ~1 s "
+                    "to learn in seconds)")
 
     ac = sub.add_parser("activator", help="run the ingress (invoke URLs)")
     ac.add_argument("--redis-url", default=_redis_url(env), help="env LOWTIDE_REDIS_URL")
@@ -287,7 +292,8 @@ def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = PlatformSettings(
         redis_url=_need_redis(args), token_sha256=digest, host=args.host, port=args.port,
         public_activator_url=args.public_url,
-        keep_alive_s=None if args.keep_alive is None else float(args.keep_alive))
+        keep_alive_s=None if args.keep_alive is None else float(args.keep_alive),
+        keep_alive_bin_s=float(args.keep_alive_bin))
     _setup_logging(args.log_level)
     run(lambda stop: serve(settings, stop))
     return 0
@@ -467,7 +473,9 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if status.get("placement"):
         print(f"placement waiting: {status['placement']}")
     ka = status.get("keep_alive") or {}
+    daily = status.get("daily") or {}
     print(f"keep-alive {status['keep_alive_s']:g} s" + (f" ({ka['reason']})" if ka else "")
+          + (f"; daily: {daily['reason']}" if daily else "")
           + ("  PANIC: scaling up, no scale-down" if status.get("panic") else ""))
     for item in r["items"]:
         startup = item.get("startup") or {}

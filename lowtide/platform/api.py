@@ -183,8 +183,9 @@ class PlatformAPI:
             values = await self.redis.mget([_keys.build_state(name, dep.version, h)
                                             for h in hosts])
             builds = {h: v.decode() for h, v in zip(hosts, values, strict=True) if v}
-        policy = self.scaler.policy(name)
+        policy = await self.scaler.learned_policy(name)
         keep_alive = policy.keep_alive()
+        daily = policy.daily_pattern(now)
         cpu, gpu = state.replica_cpu_cores(hosts), state.replica_gpu(hosts)
         return {
             "name": name,
@@ -206,6 +207,8 @@ class PlatformAPI:
             "keep_alive_s": keep_alive.keep_s,
             "keep_alive": {"keep_s": keep_alive.keep_s, "prewarm_s": keep_alive.prewarm_s,
                            "reason": keep_alive.reason},
+            "daily": None if daily is None else {"reason": daily,
+                                                 "expected_now": policy.expected(now) is not None},
             "panic": policy.panicking(now),
             "placement": self.scaler.unplaced(name),
             "last_decision": dep.last_decision,
@@ -219,7 +222,7 @@ class PlatformAPI:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(_keys.DEPLOYMENTS, name)
             pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
-                        _keys.stats(name), _keys.invoke_keys(name))
+                        _keys.stats(name), _keys.invoke_keys(name), _keys.learned(name))
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             await pipe.execute()
         hosts = await state.live_hosts(self.redis)

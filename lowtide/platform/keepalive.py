@@ -13,7 +13,9 @@ woke up after a long idle period and, when most recent days woke up at about the
 expects the next one then (`expected(now)`), so the policy can pre-warm shortly before.
 
 Pure: `IdleGaps` is fed idle gaps and `window()` turns what it learned into a `KeepAlive`;
-`DailyArrivals` is fed wake-ups and `expected(now)` answers from them. Both are bounded.
+`DailyArrivals` is fed wake-ups and `expected(now)` answers from them. Both are bounded, and
+both save what they learned as plain JSON-able data (`to_dict()` / `from_dict()`), so it
+outlives the platform process; data that cannot be used raises `LearnedStateError`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,28 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+
+class LearnedStateError(ValueError):
+    """Saved learned state that cannot be used (another version, or corrupt)."""
+
+
+def floats_from(data: Any, what: str, keep: int) -> list[float]:
+    """The last `keep` of a saved list of finite, non-negative numbers."""
+    if not isinstance(data, list):
+        raise LearnedStateError(f"{what}: expected a list, got {type(data).__name__}")
+    for v in data:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v < 0:
+            raise LearnedStateError(f"{what}: {v!r} is not a finite number >= 0")
+    return [float(v) for v in data[-keep:]] if keep > 0 else []
+
+
+def mapping_from(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise LearnedStateError(f"{what}: expected an object, got {type(data).__name__}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,18 @@ class IdleGaps:
         if gap_s >= self.settings.bin_s:
             self.gaps.append(gap_s)
             self._window = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gaps": list(self.gaps)}
+
+    @classmethod
+    def from_dict(cls, data: Any, settings: KeepAliveSettings | None = None) -> IdleGaps:
+        gaps = cls(settings)
+        saved = mapping_from(data, "idle gaps")
+        gaps.gaps.extend(g for g in floats_from(saved.get("gaps"), "idle gaps",
+                                                gaps.settings.history)
+                         if g >= gaps.settings.bin_s)
+        return gaps
 
     def window(self) -> KeepAlive:
         if self._window is None:
@@ -215,6 +251,18 @@ class DailyArrivals:
             self.wakeups.append(at)
             self._learned = False
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"wakeups": list(self.wakeups)}
+
+    @classmethod
+    def from_dict(cls, data: Any, settings: DailySettings | None = None) -> DailyArrivals:
+        daily = cls(settings)
+        saved = mapping_from(data, "daily wake-ups")
+        wakeups = floats_from(saved.get("wakeups"), "daily wake-ups", daily.wakeups.maxlen or 0)
+        daily.wakeups.extend(sorted(wakeups))
+        daily._learned = not wakeups
+        return daily
+
     def habit(self, now: float) -> DailyHabit | None:
         s = self.settings
         while self.wakeups and self.wakeups[0] <= now - s.days * s.day_s:
@@ -243,6 +291,16 @@ class DailyArrivals:
                                 f"{_clock(typical)} UTC (daily pattern, {h.days} of last "
                                 f"{h.seen_days} days)")
         return None
+
+
+    def describe(self, now: float) -> str | None:
+        """The daily pattern in words, for status (None without a clear one)."""
+        h = self.habit(now)
+        if h is None:
+            return None
+        typical = time_of_day(h.typical_s, self.settings.day_s)
+        return (f"arrivals expected around {_clock(typical)} UTC ({h.days} of last "
+                f"{h.seen_days} days)")
 
 
 def _clock(time_of_day_s: float) -> str:

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     redis = async_redis(settings.redis_url)
     sync = sync_redis(settings.redis_url)
-    scaler = Scaler(redis, sync, ScalerSettings(keep_alive_s=settings.keep_alive_s))
+    scaler = Scaler(redis, sync, ScalerSettings(keep_alive_s=settings.keep_alive_s,
+                                                keep_alive_bin_s=settings.keep_alive_bin_s))
     runner = await serve_app(build_app(settings, redis, scaler), settings.host, settings.port)
     log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
              "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")

@@ -21,6 +21,12 @@ The hybrid autoscaler of DESIGN.md ("Adaptive control"):
 `Autoscaler` holds one endpoint's recent samples (its windows and learned idle gaps) but reads
 no clock and does no I/O: `decide(obs, now)` is a function of the observations and the times
 it was given, so tests step a fake clock by minutes without sleeping.
+
+What it learns over minutes to days (idle gaps, daily wake-ups, the instances the last batch
+needed, the service time) is saved by `learned()` and put back by `restore()`, so a restart of
+the platform does not forget it. The short stable and panic windows are not saved: they fill
+again within a minute, and a restored policy still waits `scale_down_delay_s` of fresh history
+before it scales down.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .keepalive import (
     DailyArrivals,
@@ -37,8 +44,13 @@ from .keepalive import (
     IdleGaps,
     KeepAlive,
     KeepAliveSettings,
+    LearnedStateError,
     fixed,
+    mapping_from,
 )
+
+LEARNED_VERSION = 1  # of the saved learned state; another version is ignored, not guessed at
+MAX_SAVED_INSTANCES = 256  # entries of the instance keep-alive history taken from saved state
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,28 @@ def idle_seconds(obs: Observation, now: float) -> float:
     return max(0.0, now - obs.last_activity_at)
 
 
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise LearnedStateError(f"{what}: {v!r} is not a finite number >= 0")
+    return float(v)
+
+
+def _timed_counts(data: Any, what: str) -> list[tuple[float, int]]:
+    """Saved [[at, count], ...], in time order, the last MAX_SAVED_INSTANCES of them."""
+    if not isinstance(data, list):
+        raise LearnedStateError(f"{what}: expected a list, got {type(data).__name__}")
+    out: list[tuple[float, int]] = []
+    for entry in data[-MAX_SAVED_INSTANCES:]:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool) and entry[1] >= 0):
+            raise LearnedStateError(f"{what}: {entry!r} is not [time, count]")
+        at = _number(entry[0], what)
+        if out and at < out[-1][0]:
+            raise LearnedStateError(f"{what}: times out of order")
+        out.append((at, entry[1]))
+    return out
+
+
 def _fmt_ago(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
@@ -205,6 +239,45 @@ class Autoscaler:
         self._kept = 0  # instances the instance keep-alive held at this decision
         self._was_kept = 0  # ... at the previous one
 
+    # ---- learned state, saved across restarts -------------------------------------------
+    def learned(self) -> dict[str, Any]:
+        """What this policy learned over minutes to days, as JSON-able data (absolute times)."""
+        return {
+            "version": LEARNED_VERSION,
+            "idle_gaps": self.idle_gaps.to_dict(),
+            "daily": self.daily.to_dict(),
+            # entries that need nothing hold nothing; left out, the saved state stays the
+            # same while the endpoint idles (and need not be written again)
+            "needs": [[t, n] for t, n in self._needs if n > 0],
+            "batch": [[t, n] for t, n in self._batch],
+            "seen": {"request_at": self._seen_request_at, "activity_at": self._seen_activity_at,
+                     "demand": self._seen_demand},
+            "service_s": self.service_s,
+            "kept": self._kept,  # instances the instance keep-alive held at the last decision
+        }
+
+    def restore(self, data: Any) -> None:
+        """Take back what `learned()` saved; all of it, or (LearnedStateError) none of it."""
+        saved = mapping_from(data, "learned state")
+        if saved.get("version") != LEARNED_VERSION:
+            raise LearnedStateError(f"learned state version {saved.get('version')!r}, this "
+                                    f"platform reads version {LEARNED_VERSION}")
+        idle_gaps = IdleGaps.from_dict(saved.get("idle_gaps"), self.settings.keep_alive)
+        daily = DailyArrivals.from_dict(saved.get("daily"), self.settings.daily)
+        needs = _timed_counts(saved.get("needs"), "instance needs")
+        batch = _timed_counts(saved.get("batch"), "last batch")
+        seen = mapping_from(saved.get("seen"), "seen")
+        request_at, activity_at, demand = (_number(seen.get(k), f"seen {k}")
+                                           for k in ("request_at", "activity_at", "demand"))
+        service = saved.get("service_s")
+        service_s = None if service is None else _number(service, "service_s")
+        kept = int(_number(saved.get("kept", 0), "kept"))
+        self.idle_gaps, self.daily = idle_gaps, daily
+        self._needs, self._batch = deque(needs), deque(batch)
+        self._seen_request_at, self._seen_activity_at = request_at, activity_at
+        self._seen_demand, self.service_s = int(demand), service_s
+        self._kept = kept
+
     def keep_alive(self) -> KeepAlive:
         forced = self.settings.keep_alive_s
         return fixed(forced) if forced is not None else self.idle_gaps.window()
@@ -212,6 +285,10 @@ class Autoscaler:
     def expected(self, now: float) -> Expected | None:
         """Arrivals expected about now by the daily pattern (never with a forced window)."""
         return None if self.settings.keep_alive_s is not None else self.daily.expected(now)
+
+    def daily_pattern(self, now: float) -> str | None:
+        """The daily pattern in words, for status (never with a forced window)."""
+        return None if self.settings.keep_alive_s is not None else self.daily.describe(now)
 
     def instance_keep(self, now: float) -> tuple[int, str]:
         """Instances the instance keep-alive holds: what the last batch needed, while that

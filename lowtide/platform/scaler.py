@@ -3,6 +3,10 @@
 `run()` owns the ticker and a wake subscription (a wake pokes one endpoint for an immediate
 decision, as Knative's autoscaler is poked on scale from zero). `reconcile()` is one step
 for one endpoint; commands to hosts go through their rq queues.
+
+What each endpoint's policy learned is kept in Redis (`_keys.learned`): read back the first
+time the endpoint is seen after a start, written when it changed (at most every
+`learned_save_s`) and on the way out, only while the endpoint exists.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rq.job import Job, JobStatus
 from .. import _keys
 from .._redis import follow
 from . import state
-from .keepalive import KeepAlive
+from .keepalive import KeepAlive, KeepAliveSettings, LearnedStateError
 from .placement import Need, host_view, place
 from .policy import Autoscaler, AutoscalerSettings, Decision, Observation
 from .state import Deployment, ReplicaRecord
@@ -44,6 +48,17 @@ CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
 START_JOB_TIMEOUT_S = 900
 HOST_FORGET_S = 600.0  # a lost host stays visible (GET /v1/hosts "lost") this long
 RECENT_LOSS_S = 30.0  # replicas lost this long before their host are blamed on it
+SHUTDOWN_SAVE_S = 5.0  # saving the learned state on the way out waits no longer than this
+
+# the learned state is written only while the endpoint still exists: a save racing with a
+# delete must not leave it behind
+_SAVE_IF_DEPLOYED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,12 @@ class ScalerSettings:
     tick_s: float = 1.0
     start_timeout_s: float = 600.0
     failure_backoff_s: float = 5.0
+    learned_save_s: float = 10.0  # an endpoint's learned state is written at most this often
+    keep_alive_bin_s: float = 60.0  # the idle-gap histogram's resolution
+
+    def policy(self) -> AutoscalerSettings:
+        return AutoscalerSettings(keep_alive_s=self.keep_alive_s,
+                                  keep_alive=KeepAliveSettings(bin_s=self.keep_alive_bin_s))
 
 
 class Scaler:
@@ -74,12 +95,73 @@ class Scaler:
         # host id -> endpoint -> when it last lost a replica there (its host may be next)
         self._lost_on: dict[str, dict[str, float]] = {}
         self._redis_failed_at = 0.0  # last Redis error seen by the loop
+        self._born: dict[str, float] = {}  # name -> created_at of the deployment its policy is for
+        self._saved: dict[str, str] = {}  # name -> learned state as last written (or read)
+        self._save_due: dict[str, float] = {}  # name -> when its learned state is looked at
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
-            self._policies[name] = Autoscaler(
-                AutoscalerSettings(keep_alive_s=self.settings.keep_alive_s))
+            self._policies[name] = Autoscaler(self.settings.policy())
         return self._policies[name]
+
+    async def learned_policy(self, name: str) -> Autoscaler:
+        """The endpoint's policy; the first time after a start, with what the platform had
+        learned about the endpoint before (saved in Redis)."""
+        if name in self._policies:
+            return self._policies[name]
+        raw = await self.redis.get(_keys.learned(name))
+        if name in self._policies:  # restored by another caller meanwhile
+            return self._policies[name]
+        policy = self.policy(name)
+        if raw is None:
+            return policy
+        try:
+            policy.restore(json.loads(raw))
+        except (LearnedStateError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            log.warning("%s: the saved learned state is unusable, the autoscaler starts fresh "
+                        "(it is overwritten at the next save): %s", name, exc)
+            return policy
+        self._saved[name] = _learned_text(policy)  # nothing new to write yet
+        log.info("%s: learned state restored: %s", name, policy.keep_alive().reason)
+        return policy
+
+    async def save_learned(self, name: str, now: float, force: bool = False) -> None:
+        """Write the endpoint's learned state when it changed, at most every
+        `learned_save_s` (or now, with `force`); a Redis error is logged and the next
+        look tries again."""
+        policy = self._policies.get(name)
+        if policy is None or (not force and now < self._save_due.get(name, 0.0)):
+            return
+        self._save_due[name] = now + self.settings.learned_save_s
+        text = _learned_text(policy)
+        if text == self._saved.get(name):
+            return
+        try:
+            await self.redis.eval(_SAVE_IF_DEPLOYED, 2, _keys.deployment(name),
+                                  _keys.learned(name), text)
+        except RedisError as exc:
+            log.warning("%s: saving the learned state failed, kept in memory and tried again "
+                        "in %g s: %s", name, self.settings.learned_save_s, exc)
+            return
+        self._saved[name] = text
+
+    async def save_all_learned(self) -> None:
+        """On the way out: what changed since the last save, for every endpoint."""
+        now = self.clock()
+        for name in sorted(self._policies):
+            await self.save_learned(name, now, force=True)
+
+    def _forget(self, name: str) -> None:
+        for memory in (self._policies, self._arrivals, self._said, self._born, self._saved,
+                       self._save_due):
+            memory.pop(name, None)
+
+    def _check_born(self, name: str, created_at: float) -> None:
+        """An endpoint deleted and deployed again (a new created_at; a redeploy keeps it) is
+        a new endpoint: what was learned about the old one is forgotten here too."""
+        if self._born.setdefault(name, created_at) != created_at:
+            self._forget(name)
+            self._born[name] = created_at
 
     def keep_alive(self, name: str) -> KeepAlive:
         """The endpoint's current keep-alive window and why (for status)."""
@@ -118,6 +200,7 @@ class Scaler:
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
+                        await self.save_learned(name, self.clock())
                     except RedisError as exc:
                         self._redis_failed()
                         log.warning("reconcile %s failed: %s", name, exc)
@@ -129,6 +212,11 @@ class Scaler:
             wakes.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await wakes
+            try:  # a clean shutdown keeps what was learned since the last save
+                await asyncio.wait_for(self.save_all_learned(), SHUTDOWN_SAVE_S)
+            except asyncio.TimeoutError:
+                log.warning("saving the learned state took over %g s at shutdown; what was "
+                            "learned since the last save is lost", SHUTDOWN_SAVE_S)
 
     async def _members(self) -> set[bytes]:
         try:
@@ -192,17 +280,17 @@ class Scaler:
     async def reconcile(self, name: str) -> Decision | None:
         dep = await state.load_deployment(self.redis, name)
         if dep is None:
-            self._policies.pop(name, None)
-            self._arrivals.pop(name, None)
-            self._said.pop(name, None)
+            self._forget(name)
             return None
+        self._check_born(name, dep.created_at)
+        policy = await self.learned_policy(name)
         now = self.clock()
         hosts = await state.live_hosts(self.redis)
         replicas = await self._housekeep(dep, await state.load_replicas(self.redis, name),
                                          hosts, now)
         current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
         obs = await self._observe(dep, current, hosts, now)
-        decision = self.policy(name).decide(obs, now)
+        decision = policy.decide(obs, now)
         if decision.changed(dep.desired):
             await self._record(dep, decision, obs, now)
         await self._converge(dep, current, decision.desired, now)
@@ -426,6 +514,10 @@ class Scaler:
             job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,
         )
 
+
+
+def _learned_text(policy: Autoscaler) -> str:
+    return json.dumps(policy.learned(), separators=(",", ":"))
 
 
 def cpu_utilization(ready: list[ReplicaRecord], cores_used: dict[str, float],

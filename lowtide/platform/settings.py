@@ -16,6 +16,7 @@ class PlatformSettings:
     port: int = 8081
     public_activator_url: str = DEFAULT_ACTIVATOR_URL
     keep_alive_s: float | None = None  # None: the platform's own policy
+    keep_alive_bin_s: float = 60.0  # resolution of the learned keep-alive's idle-gap histogram
     max_artifact_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
@@ -30,3 +31,6 @@ class PlatformSettings:
             raise ValueError(f"port={self.port} must be in [0, 65535]")
         if self.keep_alive_s is not None and self.keep_alive_s < 0:
             raise ValueError(f"keep_alive_s={self.keep_alive_s} must be >= 0")
+        if not self.keep_alive_bin_s > 0:
+            raise ValueError(f"keep_alive_bin_s={self.keep_alive_bin_s} must be > 0 (seconds; "
+                             "the default is 60)")

@@ -183,3 +183,9 @@ def test_invoke_defaults_to_an_empty_object(env: dict[str, str]) -> None:
     args = parse(env, "invoke", "double")
     assert (args.name, args.payload, args.is_async) == ("double", "{}", False)
     assert parse(env, "invoke", "double", '{"x": 1}', "--async").is_async is True
+
+
+def test_keep_alive_bin_defaults_to_a_minute_and_reads_the_env(env: dict[str, str]) -> None:
+    assert parse(env, "platform").keep_alive_bin == 60.0
+    env["LOWTIDE_KEEP_ALIVE_BIN_S"] = "1.5"
+    assert parse(env, "platform").keep_alive_bin == 1.5
