@@ -190,6 +190,9 @@ COMPONENTS = {
                      "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 512},
                      "memory_bytes": {"type": "integer", "minimum": 1},
                      "gpu": {"type": "integer", "minimum": 0, "maximum": 16},
+                     "gpu_memory_bytes": {"type": "integer", "minimum": 0,
+                                          "description": "memory each assigned GPU must "
+                                          "have; 0: any; needs gpu >= 1"},
                      "requirements": {
                          "type": "array", "maxItems": MAX_REQUIREMENTS, "items": {
                              "type": "string", "minLength": 1,

@@ -87,3 +87,13 @@ def test_control_plane_operations_need_the_token_and_health_does_not() -> None:
                 assert {"401", "403"} <= set(op["responses"])
             elif path in ("/healthz", "/metrics", "/openapi.json"):
                 assert op["security"] == []
+
+
+def test_the_spec_schema_names_every_spec_field() -> None:
+    from dataclasses import fields
+
+    from lowtide._spec import DeploymentSpec
+    from lowtide.openapi import document
+
+    schema = document()["components"]["schemas"]["Spec"]
+    assert set(schema["properties"]) == {f.name for f in fields(DeploymentSpec)}
