@@ -66,8 +66,8 @@ def start_cluster(home: Path, redis_url: str = "", keep_alive_s: float | None = 
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session cluster's only package index: its agent's pip installs from here alone
-    (tests put wheels here; nothing is fetched from the network)."""
+    """Wheels the session cluster's pip finds besides the index (PIP_FIND_LINKS): tests
+    put packages here that no index has."""
     return tmp_path_factory.mktemp("wheelhouse")
 
 
@@ -76,7 +76,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str, wheelhouse
             ) -> Iterator[RunningCluster]:
     running = start_cluster(tmp_path_factory.mktemp("lowtide-home"), redis_url,
                             keep_alive_s=TEST_KEEP_ALIVE_S,
-                            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)})
+                            env={"PIP_FIND_LINKS": str(wheelhouse)})
     yield running
     running.stop()
 
