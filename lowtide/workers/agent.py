@@ -28,7 +28,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 
 from .. import _keys
-from .._redis import sync_redis
+from .._redis import Backoff, sync_redis
 from .._redisserver import free_port
 from . import bento
 from .health import serve_health
@@ -209,7 +209,7 @@ class Agent:
         """One rq worker after another until the agent stops: rq's `work()` returns (or
         raises) when Redis goes away outside its dequeue retry; a new worker, under a new
         name, takes over after a backoff."""
-        host, wait_s, n = self.settings.host_id, 0.0, 0
+        host, backoff, n = self.settings.host_id, Backoff(first_s=0.5), 0
         while not self._stopping:
             n += 1
             started = time.monotonic()
@@ -226,22 +226,24 @@ class Agent:
                 why = f"failed: {type(exc).__name__}: {exc}"
             if self._stopping:
                 return
-            wait_s = 0.5 if time.monotonic() - started > 30 else min(max(wait_s * 2, 0.5), 5.0)
+            if time.monotonic() - started > 30:  # it worked a while: a new failure
+                backoff.reset()
+            wait_s = backoff.next_s()
             log.warning("rq worker for %s %s; a new one starts in %.1f s", slot.queue_name, why,
                         wait_s)
             time.sleep(wait_s)
 
     def _register_when_redis_answers(self, stop: threading.Event) -> None:
         """Started while Redis is away: wait for it (with backoff) instead of exiting."""
-        wait_s = 0.5
+        backoff = Backoff(first_s=0.5)
         while not stop.is_set():
             try:
                 self._register()
                 return
             except RedisError as exc:
+                wait_s = backoff.next_s()
                 log.warning("cannot register the host (%s); retrying in %.1f s", exc, wait_s)
                 stop.wait(wait_s)
-                wait_s = min(wait_s * 2, 5.0)
 
     def _forget_orphans(self) -> None:
         """Replicas a previous agent of this host was starting when it died: their start job
