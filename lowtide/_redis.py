@@ -5,6 +5,11 @@ Every client has explicit timeouts, so a Redis that is gone (connection refused)
 wait forever; callers map that error to a 503 or log it and retry with `Backoff`. The async
 pool waits for a free connection (instead of failing with "Too many connections" under a
 burst), for a bounded time.
+
+A command that meets a *connection* error is tried again twice, on a new connection, within
+about 0.15 s: after Redis restarts, every pooled connection is dead, and without this the
+first command on each would fail (a 503 to a user, with Redis already back). Timeouts are not
+retried: a hung Redis would multiply every wait.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from dataclasses import dataclass
 
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,8 @@ CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0  # above every blocking read we issue (XREADGROUP blocks 1 s)
 # a subscription is how routes and answers arrive: try again at least every second
 FOLLOW_BACKOFF_MAX_S = 1.0
+RECONNECT_RETRIES = 2
+RECONNECT_BACKOFF = ExponentialBackoff(cap=0.1, base=0.05)
 
 
 def async_redis(url: str, max_connections: int = MAX_CONNECTIONS,
@@ -36,7 +47,9 @@ def async_redis(url: str, max_connections: int = MAX_CONNECTIONS,
                 ) -> Redis:
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_wait_s,
-        socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s), socket_timeout=timeout_s)
+        socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s), socket_timeout=timeout_s,
+        retry=AsyncRetry(RECONNECT_BACKOFF, RECONNECT_RETRIES,
+                         supported_errors=(RedisConnectionError,)))
     return Redis(connection_pool=pool)
 
 
@@ -44,7 +57,9 @@ def sync_redis(url: str, timeout_s: float = SOCKET_TIMEOUT_S) -> SyncRedis:
     """A synchronous client (rq, the agent). rq raises its own connections' socket timeout
     above its blocking dequeue when this one is lower."""
     return SyncRedis.from_url(url, socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
-                              socket_timeout=timeout_s)
+                              socket_timeout=timeout_s,
+                              retry=Retry(RECONNECT_BACKOFF, RECONNECT_RETRIES,
+                                          supported_errors=(RedisConnectionError,)))
 
 
 @dataclass
