@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 
+from .._redis import Backoff
 from .procs import stop_group
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 0.5
+# a worker that dies before it is ready (a broken environment, a bad BentoML config) is not
+# restarted in a tight loop: the next start waits 2 s, 4 s, ... up to a minute
+FAILED_START_BACKOFF = (2.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class WarmPool:
         self.cold_starts: list[float] = [clock()]  # the agent's start counts: be ready at once
         self._worker_bytes = 0
         self._http = httpx.Client(timeout=PROBE_TIMEOUT_S)
+        self._failed_starts = Backoff(*FAILED_START_BACKOFF)
+        self._next_start_at = 0.0
 
     def note_cold_start(self) -> None:
         with self._lock:
@@ -109,13 +115,22 @@ class WarmPool:
             dead = [w for w in self.workers if not w.alive()]
             for w in dead:
                 self.workers.remove(w)
-                log.warning("pool worker %s exited with code %s", w.address, w.proc.returncode)
+                if w.ready_at is None:
+                    wait_s = self._failed_starts.next_s()
+                    self._next_start_at = self._clock() + wait_s
+                    log.warning("pool worker %s exited with code %s before it was ready; "
+                                "next start in %g s (its output is in the agent's log)",
+                                w.address, w.proc.returncode, wait_s)
+                else:
+                    log.warning("pool worker %s exited with code %s", w.address,
+                                w.proc.returncode)
             target = self.policy.target(self.cold_starts, self._clock(),
                                         psutil.virtual_memory().available, self._worker_bytes)
             missing = target - len(self.workers)
             extra = self.workers[target:] if missing < 0 else []
             # one start at a time: a burst of server starts would starve a small host
-            if any(w.ready_at is None for w in self.workers):
+            if (any(w.ready_at is None for w in self.workers)
+                    or self._clock() < self._next_start_at):
                 missing = min(missing, 0)
             for w in extra:
                 self.workers.remove(w)
@@ -134,6 +149,7 @@ class WarmPool:
                 r = self._http.get(f"http://{w.address}/lt/healthz")
                 if r.status_code == 200 and r.json().get("status") == "idle":
                     w.ready_at = self._clock()
+                    self._failed_starts.reset()
                     self._worker_bytes = max(self._worker_bytes, w.memory_bytes())
                     log.info("pool worker %s idle after %.1f s", w.address,
                              w.ready_at - w.started_at)
