@@ -49,6 +49,10 @@ ORPHAN_AGE_S = 10.0  # a starting record with no start job yet, older than this:
 TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
 ORPHAN_CHECK_S = 5.0
 ORPHAN_GRACE_S = 15.0  # a replica this old whose record is gone was dropped by the platform
+# BentoML records an OpenTelemetry span per request even when it samples none: about a fifth
+# of a trivial function's CPU in the replica. Off unless the agent's environment turns it on
+# (OTEL_SDK_DISABLED=false, with BentoML's tracing configured).
+WORKER_ENV_DEFAULTS = {"OTEL_SDK_DISABLED": "true"}
 
 
 @dataclass(frozen=True)
@@ -427,7 +431,8 @@ class Agent:
     def _spawn_pool_worker(self) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
-        env = {**os.environ, "LOWTIDE_POOL": "1", "LOWTIDE_REDIS_URL": s.redis_url,
+        env = {**WORKER_ENV_DEFAULTS, **os.environ, "LOWTIDE_POOL": "1",
+               "LOWTIDE_REDIS_URL": s.redis_url,
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
                **self._gpu_env(())}
         cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
@@ -462,6 +467,7 @@ class Agent:
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
         env = {
+            **WORKER_ENV_DEFAULTS,
             **os.environ,
             "LOWTIDE_REDIS_URL": s.redis_url,
             "LOWTIDE_ENDPOINT": endpoint,

@@ -48,6 +48,8 @@ async def test_a_replica_does_not_grow_with_the_requests_it_answered(
     assert ep(1) == 2
     replica = client.status(unique_name)["replicas"]["items"][0]
     worker = psutil.Process(json.loads(redis.get(_keys.replica_alive(replica["id"])))["pid"])
+    # BentoML's per-request tracing spans are off unless the agent's environment asks
+    assert worker.environ().get("OTEL_SDK_DISABLED") == "true"
     url = f"http://{replica['address']}/lt/invoke"
     await _hammer(url, WARMUP)  # buffers, pools and caches reach their size
     before = worker.memory_info().rss
