@@ -72,14 +72,25 @@ def sklearn_model() -> tuple[Callable[..., Any], dict[str, Any]]:
     return predict, {"features": row}
 
 
+MAX_SWEEP_S = 40.0
+
+
 def functions() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     predict, body = sklearn_model()
     return [("cpu-bound", cpu_bound, {"x": 1}), ("io-bound", io_bound, {"x": 1}),
             ("sklearn-rf", predict, body)]
 
 
-def replica(client: Client, name: str) -> dict[str, Any]:
-    return next(r for r in client.status(name)["replicas"]["items"] if r["state"] == "ready")
+def replica(client: Client, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The endpoint's ready replica (its status may lag while a heavy run ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = [r for r in client.status(name)["replicas"]["items"] if r["state"] == "ready"]
+        if ready:
+            return ready[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: no ready replica for {timeout_s:g} s")
+        time.sleep(0.5)
 
 
 def drain(client: Client, name: str, timeout_s: float = 300.0) -> None:
@@ -125,7 +136,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
     p.add_argument("--sweep-duration", type=float, default=5.0,
-                   help="seconds per fixed limit")
+                   help="seconds per fixed limit, at least (longer where c callers need it: "
+                   "three call times at the rate measured so far, up to 40 s)")
     p.add_argument("--offered", type=int, default=256,
                    help="concurrent callers through the activator")
     args = p.parse_args()
@@ -160,9 +172,14 @@ def main() -> None:
             at_learned[label] = wrk_closed(direct, body, learned_limit(label),
                                            args.sweep_duration)
             sweeps[label] = {}
+            rps = at_learned[label].rps
             for c in SWEEP:
                 settle(client, ep.name)
-                sweeps[label][c] = wrk_closed(direct, body, c, args.sweep_duration)
+                # c callers at the last rate take c / rps seconds per call (Little's law): a
+                # window of several call times, or a slow function at c=256 completes nothing
+                duration_s = min(MAX_SWEEP_S, max(args.sweep_duration, 3 * c / max(rps, 1.0)))
+                sweeps[label][c] = wrk_closed(direct, body, c, duration_s)
+                rps = max(rps, sweeps[label][c].rps)
             print(f"{label}: sweep " + ", ".join(f"{c}: {r.rps:.0f}/s"
                                                  for c, r in sweeps[label].items()),
                   file=sys.stderr)
