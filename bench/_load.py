@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -70,7 +71,7 @@ def _wrk(url: str, script: str, connections: int, duration_s: float) -> LoadResu
         f.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration_s:g}s",
+            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{math.ceil(duration_s)}s",
              "--timeout", "60s", "--latency", "-s", f.name, url],
             capture_output=True, text=True, check=True).stdout
     finally:
