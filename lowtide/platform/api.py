@@ -28,7 +28,7 @@ from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import state
-from .scaler import Scaler
+from .scaler import BUSY_CORES, Scaler
 from .settings import PlatformSettings
 
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
@@ -411,7 +411,10 @@ def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -
 def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None,
                   gpu_use: dict[str, float] | None = None) -> dict[str, Any]:
     beat = r.alive or {}
-    return {"id": r.id, "state": r.state if r.alive or r.state != "ready" else "lost",
+    status = r.state
+    if not r.alive and r.state == "ready":  # silent: busy starving its heartbeat, or lost
+        status = "unresponsive" if (cpu_cores or 0.0) >= BUSY_CORES else "lost"
+    return {"id": r.id, "state": status,
             "version": r.version, "host": r.host, "address": r.address, "gpus": r.gpus,
             "in_flight": beat.get("in_flight", 0), "limit": beat.get("limit", r.limit),
             "no_load_ms": beat.get("no_load_ms"), "recent_ms": beat.get("recent_ms"),

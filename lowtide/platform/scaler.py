@@ -42,6 +42,11 @@ DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
                     "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
 ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
+# ... unless its host's agent sees its process alive and busy: many threads of a CPU-bound
+# function can starve the replica's event loop (and so its heartbeat) of the GIL for
+# seconds. Such a replica is given this long before it counts as lost (hung, not busy).
+BUSY_SILENCE_S = 60.0
+BUSY_CORES = 0.5  # a process using at least this much CPU is busy
 REDIS_STALL_S = 1.0  # a listing slower than this: Redis stalled, heartbeats may have lapsed
 STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
@@ -98,6 +103,7 @@ class Scaler:
         self._born: dict[str, float] = {}  # name -> created_at of the deployment its policy is for
         self._saved: dict[str, str] = {}  # name -> learned state as last written (or read)
         self._save_due: dict[str, float] = {}  # name -> when its learned state is looked at
+        self._silent_since: dict[str, float] = {}  # replica id -> first seen without heartbeat
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -375,12 +381,9 @@ class Scaler:
                 and self._liveness_known(now)):
             return (f"replica {r.id} lost with its host {r.host} (no host heartbeat for over "
                     f"{_keys.HOST_ALIVE_TTL_S} s)")
-        if (r.state == "ready" and not r.alive and age_s > ALIVE_GRACE_S
-                and self._liveness_known(now)):
-            beat = (hosts.get(r.host) or {}).get("load") or {}
-            host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
-                "at" in beat and now - beat["at"] > 2) else ""
-            return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s{host_age}"
+        silent = self._silence(r, hosts, now, age_s)
+        if silent:
+            return silent
         stopping_since = float(r.extra.get("stopping_at", r.created_at))
         if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
             return f"replica {r.id} stopped"
@@ -395,6 +398,32 @@ class Scaler:
             if error:
                 return f"replica {r.id} failed to start: {error}"
         return None
+
+    def _silence(self, r: ReplicaRecord, hosts: dict[str, Any], now: float, age_s: float
+                 ) -> str | None:
+        """Why a ready replica without a heartbeat is lost, or None while it is not (yet)."""
+        if r.alive or r.state != "ready":
+            self._silent_since.pop(r.id, None)
+            return None
+        if age_s <= ALIVE_GRACE_S or not self._liveness_known(now):
+            return None
+        beat = (hosts.get(r.host) or {}).get("load") or {}
+        cores = _busy_cores(beat, r.id, now)
+        first = r.id not in self._silent_since
+        silent_s = now - self._silent_since.setdefault(r.id, now) + ALIVE_GRACE_S
+        if cores is not None and silent_s <= BUSY_SILENCE_S:
+            if first:
+                log.warning("replica %s sends no heartbeat but its process is busy (%.2f "
+                            "cores): waiting up to %g s before replacing it", r.id, cores,
+                            BUSY_SILENCE_S)
+            return None
+        self._silent_since.pop(r.id, None)
+        if cores is not None:
+            return (f"replica {r.id} lost: no heartbeat for over {BUSY_SILENCE_S:g} s "
+                    f"although its process was busy ({cores:.2f} cores): hung")
+        host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
+            "at" in beat and now - beat["at"] > 2) else ""
+        return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s{host_age}"
 
     def _start_job_error(self, replica_id: str) -> str | None:
         try:
@@ -539,3 +568,12 @@ def gpu_utilization(ready: list[ReplicaRecord], percent_used: dict[str, float],
     if not measured or gpus_requested < 1:
         return None
     return round(sum(measured) / len(measured) / (100.0 * gpus_requested), 3)
+
+
+def _busy_cores(host_load: dict[str, Any], replica_id: str, now: float) -> float | None:
+    """The CPU the replica's process uses by its host agent's fresh heartbeat, when that
+    says it is alive and busy; else None."""
+    if now - float(host_load.get("at", 0.0)) > 2 * ALIVE_GRACE_S:
+        return None
+    cores = (host_load.get("replica_cpu_cores") or {}).get(replica_id)
+    return float(cores) if cores is not None and cores >= BUSY_CORES else None
