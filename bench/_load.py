@@ -4,31 +4,20 @@
   connections each sending the next request when the last is answered; throughput and
   wrk's own p50/p99.
 - `wrk_paced(url, body, rate, duration_s)`: wrk at a fixed rate (a Lua schedule of send
-  times); the cheapest open-loop generator, used where the servers need both cores.
-- `open_loop(url, body, rate, duration_s)`: this file run as a script (aiohttp, uvloop):
-  requests sent at a fixed rate whatever the answers do (no coordinated omission). Latency
-  is counted with `time.perf_counter` from the moment each request is sent: the event loop's
-  own clock (uvloop: whole milliseconds, read once per loop iteration) is too coarse for
-  sub-millisecond differences, and its timers wake up to a millisecond late, which says
-  nothing about the server. How late the generator sent (p99) is reported as `late_p99_ms`.
+  times): an open-loop generator that costs the 2-core machine little, so the servers
+  measured get the cores (a Python generator at these rates took most of a core).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import math
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -38,7 +27,6 @@ class LoadResult:
     rps: float
     p50_ms: float
     p99_ms: float
-    late_p99_ms: float = 0.0  # open loop: how late the generator sent, p99
 
 
 # ---- wrk ------------------------------------------------------------------------------
@@ -123,73 +111,3 @@ def wrk_paced(url: str, body: dict, rate: float, duration_s: float,
     millisecond (wrk's timer), which shifts when a request goes, not what it measures."""
     script = _post_script(body) + _PACED % {"interval_ms": 1000.0 / rate}
     return _wrk(url, script, connections, duration_s)
-
-
-# ---- open loop (this file as a script) ------------------------------------------------
-def open_loop(url: str, body: dict, rate: float, duration_s: float) -> LoadResult:
-    out = subprocess.run(
-        [sys.executable, str(HERE / "_load.py"), url, json.dumps(body), str(rate),
-         str(duration_s)], capture_output=True, text=True, check=True).stdout
-    return LoadResult(**json.loads(out))
-
-
-async def _open_loop(url: str, body: bytes, rate: float, duration_s: float) -> LoadResult:
-    import aiohttp
-    from _stats import percentile  # type: ignore[import-not-found]
-
-    latencies: list[float] = []
-    late: list[float] = []
-    errors = 0
-    clock = time.perf_counter
-
-    async def one(session: aiohttp.ClientSession, due: float) -> None:
-        nonlocal errors
-        sent = clock()
-        late.append(max(0.0, sent - due))
-        try:
-            async with session.post(url, data=body,
-                                    headers={"Content-Type": "application/json"}) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    errors += 1
-        except aiohttp.ClientError:
-            errors += 1
-        latencies.append(clock() - sent)
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        tasks = []
-        start = clock()
-        n = int(rate * duration_s)
-        for i in range(n):
-            due = start + i / rate
-            delay = due - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, due)))
-        await asyncio.gather(*tasks)
-        elapsed = clock() - start
-    ms = [v * 1000 for v in latencies]
-    return LoadResult(len(ms), errors, len(ms) / elapsed, percentile(ms, 50), percentile(ms, 99),
-                      percentile([v * 1000 for v in late], 99))
-
-
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("url")
-    p.add_argument("body")
-    p.add_argument("rate", type=float)
-    p.add_argument("duration_s", type=float)
-    a = p.parse_args()
-    sys.path.insert(0, str(HERE))
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    result = runner(_open_loop(a.url, a.body.encode(), a.rate, a.duration_s))
-    print(json.dumps(result.__dict__))
-
-
-if __name__ == "__main__":
-    main()

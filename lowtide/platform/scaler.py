@@ -417,7 +417,6 @@ class Scaler:
                             "cores): waiting up to %g s before replacing it", r.id, cores,
                             BUSY_SILENCE_S)
             return None
-        self._silent_since.pop(r.id, None)
         if cores is not None:
             return (f"replica {r.id} lost: no heartbeat for over {BUSY_SILENCE_S:g} s "
                     f"although its process was busy ({cores:.2f} cores): hung")
@@ -440,6 +439,7 @@ class Scaler:
     async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float,
                     hosts: dict[str, Any]) -> None:
         name = dep.spec.name
+        self._silent_since.pop(r.id, None)  # whatever the reason it goes
         await state.remove_replica(self.redis, name, r.id)
         if r.host in hosts:
             await self.enqueue(r.host, "stop_replica", name, r.id)
