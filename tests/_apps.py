@@ -15,7 +15,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 from aiohttp import web
 from redis import Redis as SyncRedis
@@ -74,7 +73,6 @@ class Apps:
         self.platform_url = f"http://127.0.0.1:{prunner.addresses[0][1]}"
         activator = Activator(ActivatorSettings(redis_url=self.redis_url, port=0,
                                                 **self.activator_options), redis)
-        activator.session = aiohttp.ClientSession()
         self.activator = activator
         tasks = [asyncio.create_task(activator.routes.run(self._stop)),
                  asyncio.create_task(activator.replies.run(self._stop)),
@@ -85,19 +83,19 @@ class Apps:
         replica.router.add_post("/lt/invoke", _echo)
         rrunner = await serve_app(replica, "127.0.0.1", 0)
         self.replica_address = f"127.0.0.1:{rrunner.addresses[0][1]}"
-        self._cleanup = [tasks, [arunner, prunner, rrunner], activator.session, redis,
+        self._cleanup = [tasks, [arunner, prunner, rrunner], activator.upstreams, redis,
                          sync_redis]
 
     async def _teardown(self) -> None:
         assert self._stop is not None
-        tasks, runners, session, redis, sync_redis = self._cleanup
+        tasks, runners, upstreams, redis, sync_redis = self._cleanup
         self._stop.set()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for r in runners:
             await r.cleanup()
-        await session.close()
+        upstreams.close()
         await redis.aclose()
         sync_redis.close()
 

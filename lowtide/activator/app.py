@@ -18,7 +18,6 @@ refused with 429 while the endpoint's queue is at its bound (`backlog.Backlog`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
@@ -27,7 +26,6 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
@@ -68,6 +66,7 @@ from .metrics import RoutesCollector
 from .replies import ReplyHub
 from .routes import EndpointRoute, ReplicaRoute, Routes, pick
 from .settings import ActivatorSettings
+from .upstream import UpstreamError, Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,7 @@ REPLY_MARGIN_S = 2.0  # beyond a request's own limits, for the answer to travel 
 START_GRACE_S = 1.0  # past a request's latest start before it counts as never started
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 FLUSH_S = 1.0
+_BUSY = BUSY_HEADER.lower()
 
 REQUESTS = Counter("lowtide_activator_requests_total", "Requests answered",
                    ["endpoint", "path", "status"])
@@ -106,21 +106,6 @@ def check_body(content_type: str, body: bytes) -> None:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-@functools.lru_cache(maxsize=256)
-def _client_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=timeout_s + REPLY_MARGIN_S)
-
-
-def client_session() -> aiohttp.ClientSession:
-    """The session that proxies to replicas: pooled keep-alive connections, and nothing a
-    proxy does not need (no cookie jar, no decompression, no automatic headers)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-    )
-
-
 @dataclass(frozen=True)
 class Call:
     content_type: str
@@ -136,7 +121,7 @@ class Activator:
         self.id = uuid.uuid4().hex
         self.routes = Routes(redis)
         self.replies = ReplyHub(redis, self.id)
-        self.session: aiohttp.ClientSession | None = None
+        self.upstreams = Upstreams()  # keep-alive connections to replicas, by address
         self._arrivals: dict[str, int] = defaultdict(int)
         self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
         self.backlog = Backlog(settings.max_queued)
@@ -145,9 +130,12 @@ class Activator:
 
     # ---- background -------------------------------------------------------------------
     async def flush_stats(self, stop: asyncio.Event) -> None:
-        """Per-endpoint counters to Redis about once a second (off the request path)."""
+        """Per-endpoint counters to Redis about once a second (off the request path); the
+        connections to replicas that left the routes are closed on the same beat."""
         while not stop.is_set():
             await asyncio.sleep(FLUSH_S)
+            self.upstreams.keep_only({r.address for e in self.routes.endpoints.values()
+                                      for r in e.replicas.values()})
             arrivals, self._arrivals = self._arrivals, defaultdict(int)
             if not arrivals:
                 continue
@@ -254,30 +242,25 @@ class Activator:
     async def _proxy(self, endpoint: EndpointRoute, replica: ReplicaRoute, call: Call
                      ) -> Result | None:
         """Call the replica directly; None when it cannot be reached (the caller buffers)."""
-        assert self.session is not None
         replica.in_flight += 1
         try:
-            async with self.session.post(
-                replica.invoke_url, data=call.body,
-                headers={"Content-Type": call.content_type,
-                         TIMEOUT_HEADER: repr(call.timeout_s)},
-                timeout=_client_timeout(call.timeout_s),
-            ) as resp:
-                payload = await resp.read()
-                replica.observe(resp.headers)
-                if resp.status == 503 and BUSY_HEADER in resp.headers:
-                    return None  # at its limit (another activator filled it): buffer
-                replica.requests += 1
-                return Result(resp.status, resp.headers.get("Content-Type", JSON), payload)
+            resp = await self.upstreams.get(replica.address).post(
+                {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s)},
+                call.body, call.timeout_s + REPLY_MARGIN_S)
         except asyncio.TimeoutError:
             return timeout_result(call.timeout_s)
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             log.warning("replica %s of %s unreachable (%s); buffering instead", replica.id,
                         endpoint.name, exc)
             replica.healthy = False
             return None
         finally:
             replica.in_flight -= 1
+        replica.observe(resp.headers)
+        if resp.status == 503 and _BUSY in resp.headers:
+            return None  # at its limit (another activator filled it): buffer
+        replica.requests += 1
+        return Result(resp.status, resp.headers.get("content-type", JSON), resp.body)
 
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,
                       request_id: str = "") -> tuple[str, bytes]:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .._redis import async_redis
 from .._run import run, supervise
-from .app import Activator, build_app, client_session
+from .app import Activator, build_app
 from .settings import ActivatorSettings
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
     # a request never waits long on a hung Redis: it is answered 503 with Retry-After
     redis = async_redis(settings.redis_url, timeout_s=REDIS_TIMEOUT_S)
     activator = Activator(settings, redis)
-    activator.session = client_session()
     tasks = [
         asyncio.create_task(activator.replies.run(stop), name="replies"),
         asyncio.create_task(activator.routes.run(stop), name="routes"),
@@ -54,7 +53,7 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
         await supervise(stop, tasks, before_cancel=runner.shutdown)
     finally:
         await runner.cleanup()
-        await activator.session.close()
+        activator.upstreams.close()
         await redis.aclose()
 
 

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from yarl import URL
 
 from .. import _keys
 from .._auth import Access
@@ -33,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
 INITIAL_LIMIT = LimiterConfig().initial_limit  # for a record that names no limit
+_LIMIT, _NO_LOAD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower()
 
 
 @dataclass
@@ -44,19 +44,14 @@ class ReplicaRoute:
     healthy: bool = True
     no_load_ms: float | None = None  # the replica's no-load latency, as last reported
     requests: int = 0  # answered directly by it, through this activator
-    invoke_url: URL = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # built once: parsing and quoting a URL per proxied request is measurable
-        self.invoke_url = URL.build(scheme="http", authority=self.address, path="/lt/invoke",
-                                    encoded=True)
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Take the limit a replica reported in the headers of a direct answer."""
-        raw = headers.get(LIMIT_HEADER)
+        """Take the limit a replica reported in the headers of a direct answer (names in
+        lower case, as `upstream.Response` has them)."""
+        raw = headers.get(_LIMIT)
         if raw is not None and raw.isdigit() and int(raw) >= 1:
             self.limit = int(raw)
-        raw = headers.get(NO_LOAD_HEADER)
+        raw = headers.get(_NO_LOAD)
         if raw is not None:
             with contextlib.suppress(ValueError):
                 self.no_load_ms = float(raw)
