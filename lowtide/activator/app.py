@@ -4,10 +4,11 @@ Warm: proxy to a ready replica picked from memory (no Redis on this path). Cold,
 replica at its limit: append to the endpoint's stream, wake the platform when the endpoint
 has no replica, and wait for the answer until the deadline.
 
-First come, first served: while requests of an endpoint that this activator buffered still
-wait for their answer, new ones join them in the stream rather than overtake them on the
-direct path (replicas pull from the stream as soon as they have room, so the backlog drains
-at the replicas' full learned limit).
+First come, first served: while the endpoint's stream holds requests no replica has taken
+yet (as this activator last read it, `backlog.Backlog.queued`), new ones join them rather
+than overtake them on the direct path (replicas pull from the stream as soon as they have
+room, so the backlog drains at the replicas' full learned limit); once the replicas have
+taken the queue, new requests go direct again.
 
 Before any of that, with no Redis command either: a key-protected endpoint's caller must
 present one of its keys (digests cached with the route, `lowtide._auth`), the body must be
@@ -169,7 +170,7 @@ class Activator:
             REQUESTS.labels(name, "async", "202").inc()
             return json_response({"id": request_id, "status_url": status_url}, status=202,
                                  headers={"Location": status_url})
-        replica = None if self.waiting[name] else pick(endpoint)
+        replica = None if self.backlog.queued(name) else pick(endpoint)
         path = "warm"
         result = await self._proxy(endpoint, replica, call) if replica is not None else None
         if result is None:

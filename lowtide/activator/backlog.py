@@ -10,12 +10,20 @@ XLEN counts entries that wait and entries a replica is running (the replicas del
 once it is answered). Other activators' additions show up at the next reading, so with N
 activators the bound can be overshot by about what they accept in REFRESH_S; and an
 endpoint this activator has never buffered to starts at 0 until its first reading.
+
+The same reading says how many entries no replica had taken yet (XLEN minus the consumer
+group's pending count): `queued`. While that is above zero a new request joins the stream
+instead of overtaking them on the direct path (first come, first served). Entries a replica
+is running do not count, nor do this activator's own additions since the reading (replicas
+with room take an entry within a millisecond or so): counting either kept an endpoint under
+steady load on the buffered path for good, as every arrival found one outstanding. While
+anything is in the stream it is read every QUEUED_REFRESH_S (at once after an addition), so
+the stale view lasts about that long either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 
@@ -27,6 +35,7 @@ from .. import _keys
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
+QUEUED_REFRESH_S = 0.05  # while a tracked stream holds entries
 RETRY_AFTER_S = 2
 
 
@@ -36,7 +45,9 @@ class Backlog:
     def __init__(self, max_queued: int) -> None:
         self.max_queued = max_queued
         self.observed: dict[str, int] = {}  # XLEN at the last reading
+        self.untaken: dict[str, int] = {}  # of those, not yet taken by a replica
         self.added: dict[str, int] = defaultdict(int)  # buffered here since that reading
+        self._added_event = asyncio.Event()  # wakes the reading loop
 
     def depth(self, name: str) -> int:
         return self.observed.get(name, 0) + self.added.get(name, 0)
@@ -44,21 +55,29 @@ class Backlog:
     def full(self, name: str) -> bool:
         return self.depth(name) >= self.max_queued
 
+    def queued(self, name: str) -> int:
+        """Entries no replica had taken at the last reading."""
+        return self.untaken.get(name, 0)
+
     def add(self, name: str) -> None:
         self.added[name] += 1
+        self._added_event.set()
 
     def tracked(self) -> list[str]:
         """Endpoints worth a reading: something was queued at the last one or added since."""
         return [n for n in set(self.observed) | set(self.added) if self.depth(n) > 0]
 
-    def observe(self, name: str, length: int, added_before: int) -> None:
-        """A reading of the stream's length, taken when `added_before` had been added here
-        (those are in the reading; what was added while it travelled is not)."""
+    def observe(self, name: str, length: int, added_before: int, pending: int = 0) -> None:
+        """A reading of the stream's length and of its entries taken but not yet answered
+        (`pending`), taken when `added_before` had been added here (those are in the
+        reading; what was added while it travelled is not)."""
         self.added[name] = max(0, self.added.get(name, 0) - added_before)
         if length or self.added[name]:
             self.observed[name] = length
+            self.untaken[name] = max(0, length - pending)
         else:  # forget idle endpoints
             self.observed.pop(name, None)
+            self.untaken.pop(name, None)
             self.added.pop(name, None)
 
     async def refresh(self, redis: Redis) -> None:
@@ -69,15 +88,29 @@ class Backlog:
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.xlen(_keys.stream(name))
-            lengths = await pipe.execute()
-        for name, length in zip(names, lengths, strict=True):
-            self.observe(name, int(length), before[name])
+                pipe.xpending(_keys.stream(name), _keys.STREAM_GROUP)
+            replies = await pipe.execute(raise_on_error=False)
+        for i, name in enumerate(names):
+            length, pending = replies[2 * i], replies[2 * i + 1]
+            if isinstance(length, Exception):
+                raise length
+            # no consumer group yet (no replica ever read the stream): nothing is taken
+            taken = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            self.observe(name, int(length), before[name], taken)
 
     async def run(self, redis: Redis, stop: asyncio.Event) -> None:
-        """Read the tracked streams' lengths every REFRESH_S until `stop`."""
+        """Read the tracked streams every QUEUED_REFRESH_S while they hold anything, else
+        at the first addition or after REFRESH_S, until `stop`."""
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), REFRESH_S)
+            queued = bool(self.tracked())  # anything in a stream, or added since
+            self._added_event.clear()
+            waits = [asyncio.ensure_future(stop.wait())]
+            if not queued:
+                waits.append(asyncio.ensure_future(self._added_event.wait()))
+            _, rest = await asyncio.wait(waits, timeout=QUEUED_REFRESH_S if queued
+                                         else REFRESH_S, return_when=asyncio.FIRST_COMPLETED)
+            for task in rest:
+                task.cancel()
             try:
                 await self.refresh(redis)
             except RedisError as exc:

@@ -91,7 +91,12 @@ class Routes:
             return found
         return await self.refresh(name)
 
-    async def refresh(self, name: str) -> EndpointRoute | None:
+    async def refresh(self, name: str, previous: dict[str, ReplicaRoute] | None = None
+                      ) -> EndpointRoute | None:
+        """Read the endpoint's route from Redis. A replica already known (from `previous`,
+        else the current view) keeps its route object: requests running on it count
+        themselves out of that object's `in_flight` when they finish, so a copy would keep
+        them in flight for good (and the replica would look full)."""
         dep = await self.redis.hmget(_keys.deployment(name), ["spec", "version"])
         if dep[0] is None or dep[1] is None:
             self.endpoints.pop(name, None)
@@ -99,20 +104,20 @@ class Routes:
         spec = json.loads(dep[0])
         version = int(dep[1])
         raw = await self.redis.hgetall(_keys.replicas(name))
-        old = self.endpoints.get(name)
-        previous = old.replicas if old else {}
+        if previous is None:
+            old = self.endpoints.get(name)
+            previous = old.replicas if old else {}
         replicas = {}
         for value in raw.values():
             rec = json.loads(value)
             if rec.get("state") != "ready" or int(rec.get("version", -1)) != version:
                 continue
-            kept = previous.get(rec["id"])
-            route = ReplicaRoute(rec["id"], rec["address"],
-                                 max(1, int(rec.get("limit") or INITIAL_LIMIT)))
-            if kept is not None and kept.address == route.address:
-                route.in_flight = kept.in_flight
-                route.no_load_ms = kept.no_load_ms
-                route.requests = kept.requests
+            limit = max(1, int(rec.get("limit") or INITIAL_LIMIT))
+            route = previous.get(rec["id"])
+            if route is not None and route.address == rec["address"]:
+                route.limit, route.healthy = limit, True
+            else:
+                route = ReplicaRoute(rec["id"], rec["address"], limit)
             replicas[route.id] = route
         endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
                                  await self._access(name, spec))
@@ -138,7 +143,7 @@ class Routes:
         """Forget the cached view at once (a request meanwhile reads Redis), then reload."""
         old = self.endpoints.pop(name, None)
         if old is not None:
-            await self.refresh(name)
+            await self.refresh(name, old.replicas)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow route events; resync every RESYNC_S seconds."""

@@ -259,6 +259,19 @@ def test_backlog_reading_replaces_what_it_includes() -> None:
     assert b.depth("ep") == 3 and not b.full("ep")
 
 
+def test_backlog_queued_counts_only_entries_no_replica_has_taken() -> None:
+    b = Backlog(max_queued=10)
+    b.add("ep")
+    assert (b.depth("ep"), b.queued("ep")) == (1, 0)  # a replica with room takes it at once
+    b.observe("ep", length=4, added_before=1, pending=1)  # three wait for room
+    assert (b.depth("ep"), b.queued("ep")) == (4, 3)  # new requests join them
+    b.add("ep")
+    b.observe("ep", length=6, added_before=0, pending=6)  # all running (ours was taken)
+    assert (b.depth("ep"), b.queued("ep")) == (7, 0)  # the direct path is open again
+    b.observe("ep", length=1, added_before=1, pending=2)  # an entry deleted while pending
+    assert b.queued("ep") == 0
+
+
 def test_backlog_forgets_drained_endpoints() -> None:
     b = Backlog(max_queued=10)
     b.add("ep")

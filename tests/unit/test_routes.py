@@ -75,3 +75,41 @@ def test_pick_does_not_count_the_request() -> None:
     a = replica("a", in_flight=1)
     pick(endpoint(a), random.Random(0))
     assert a.in_flight == 1  # the caller owns in-flight accounting
+
+
+# ---- the view kept from Redis ---------------------------------------------------------
+async def test_resync_and_route_events_keep_in_flight_counts_true(own_redis_url: str) -> None:
+    """A request that started before a resync (or a route event) counts itself out of the
+    replica's route when it ends; the view after the resync must see that, or the replica
+    looks fuller at every resync until nothing goes to it directly."""
+    import json
+
+    from lowtide import _keys
+    from lowtide._redis import async_redis
+    from lowtide.activator.routes import Routes
+
+    redis = async_redis(own_redis_url)
+    try:
+        await redis.hset(_keys.deployment("ep"),
+                         mapping={"spec": json.dumps({"timeout_s": 30}), "version": 1})
+        rec = {"id": "r1", "address": "127.0.0.1:9001", "state": "ready", "version": 1,
+               "limit": 8}
+        await redis.hset(_keys.replicas("ep"), "r1", json.dumps(rec))
+        routes = Routes(redis)
+        first = (await routes.get("ep")).replicas["r1"]  # type: ignore[union-attr]
+        for change in (lambda: routes.refresh("ep"),  # the periodic resync
+                       lambda: routes.invalidate("ep")):  # a route event
+            first.in_flight += 3  # three requests start
+            first.healthy = False  # and one of them found it unreachable
+            await change()
+            now = routes.endpoints["ep"].replicas["r1"]
+            assert (now.in_flight, now.limit, now.healthy) == (3, 8, True)
+            first.in_flight -= 3  # they end, on the route object they started on
+            assert routes.endpoints["ep"].replicas["r1"].in_flight == 0
+        # a replica that moved to another address is a new route
+        await redis.hset(_keys.replicas("ep"), "r1",
+                         json.dumps({**rec, "address": "127.0.0.1:9002"}))
+        await routes.refresh("ep")
+        assert routes.endpoints["ep"].replicas["r1"] is not first
+    finally:
+        await redis.aclose()
