@@ -12,6 +12,8 @@ A connection taken from the pool may have been closed by the replica meanwhile (
 keep-alive timeout): when a reused connection fails before any byte of the answer came
 back, the request is sent again on a new one (the replica never read it). Every other
 failure is an `UpstreamError` for the caller (the activator then buffers the request).
+An answer must carry its length (Content-Length or chunked, as uvicorn's always do); one
+delimited by closing the connection counts as broken.
 """
 
 from __future__ import annotations
