@@ -132,7 +132,9 @@ class Upstream:
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         if lines.count("\n") != len(headers) or "\r" in lines.replace("\r\n", ""):
             raise ValueError(f"a header holds a line break: {headers!r}")
-        request = b"".join((self._head, lines.encode("latin-1"),
+        # aiohttp decoded the caller's header bytes as UTF-8 with surrogateescape: this
+        # passes them on unchanged
+        request = b"".join((self._head, lines.encode("utf-8", "surrogateescape"),
                             b"Content-Length: %d\r\n\r\n" % len(body), body))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

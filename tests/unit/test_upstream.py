@@ -98,6 +98,17 @@ async def test_round_trip_reuses_one_connection(serve) -> None:
     up.close()
 
 
+async def test_header_bytes_pass_through_unchanged(serve) -> None:
+    server = await serve(echo)
+    raw = "application/json; note=caf\u00e9".encode()  # as a caller sent it
+    up = Upstream(server.address)
+    await up.post({"Content-Type": raw.decode("utf-8", "surrogateescape")}, b"{}", 5)
+    await up.post({"Content-Type": b"x/y; a=\xff".decode("utf-8", "surrogateescape")}, b"", 5)
+    assert b"Content-Type: " + raw + b"\r\n" in server.requests[0]
+    assert b"Content-Type: x/y; a=\xff\r\n" in server.requests[1]
+    up.close()
+
+
 async def test_concurrent_requests_each_take_a_connection(serve) -> None:
     async def slow(request: bytes, n: int) -> bytes:
         await asyncio.sleep(0.05)
