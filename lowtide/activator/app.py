@@ -34,7 +34,7 @@ from prometheus_client import (
     Histogram,
 )
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .. import _keys
 from .._auth import check_invoke
@@ -319,8 +319,13 @@ class Activator:
         replica that takes it after this answers it as expired without running it."""
         stream = _keys.stream(name)
         try:
-            taken = await self.redis.xpending_range(stream, _keys.STREAM_GROUP, min=entry_id,
-                                                    max=entry_id, count=1)
+            try:
+                taken = await self.redis.xpending_range(stream, _keys.STREAM_GROUP,
+                                                        min=entry_id, max=entry_id, count=1)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                taken = []  # no replica ever read the stream (replicas create the group)
             if taken:
                 return False
             return bool(await self.redis.xdel(stream, entry_id))

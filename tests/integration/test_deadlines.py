@@ -60,6 +60,19 @@ def test_a_call_no_replica_takes_is_answered_at_its_latest_start(
     assert own_redis.xlen(_keys.stream("never-started")) == 0  # nothing left to run later
 
 
+def test_a_stream_no_replica_ever_read_counts_as_not_started(
+        apps: Apps, own_redis: Redis) -> None:
+    # the consumer group is made at deploy and by replicas; without it (lost with a Redis
+    # that kept no data, say) nobody can have taken the entry
+    deploy(apps, "no-group")
+    own_redis.xgroup_destroy(_keys.stream("no-group"), _keys.STREAM_GROUP)
+    started = time.monotonic()
+    r = httpx.post(f"{apps.activator_url}/fn/no-group", json={"x": 1}, timeout=60)
+    assert r.status_code == 503, r.text
+    assert time.monotonic() - started < 30  # not the function's 600 s timeout as well
+    assert own_redis.xlen(_keys.stream("no-group")) == 0
+
+
 def test_a_call_a_replica_took_is_waited_for_past_its_latest_start(
         apps: Apps, own_redis: Redis) -> None:
     deploy(apps, "taken-late")

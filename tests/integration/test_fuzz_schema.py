@@ -49,6 +49,8 @@ def test_api_conforms_to_its_openapi_document(case, apps: Apps) -> None:  # type
     response = case.call(base_url=base, headers=headers, timeout=15)
     excluded = [schemathesis.checks.positive_data_acceptance,
                 schemathesis.checks.negative_data_rejection]
-    if base == apps.activator_url and response.status_code == 504:
-        excluded.append(schemathesis.checks.not_a_server_error)  # deadline: documented
+    if base == apps.activator_url and response.status_code in (503, 504):
+        # documented answers for an endpoint these apps never give a replica (no agent):
+        # 503 "no replica became ready", or 504 once a deadline passed
+        excluded.append(schemathesis.checks.not_a_server_error)
     case.validate_response(response, excluded_checks=excluded)
