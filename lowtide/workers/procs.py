@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import subprocess
@@ -14,15 +15,33 @@ from collections.abc import Callable
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+@functools.lru_cache(maxsize=1)
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent: `find_library` runs `ldconfig -p`, far too
+    slow between fork and exec (a parent killed meanwhile left the child running for good)."""
+    if os.uname().sysname != "Linux":
+        return None
     libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if not libc_name:
+        return None
+    prctl: Callable[..., int] = ctypes.CDLL(libc_name, use_errno=True).prctl
+    return prctl
 
 
 def die_with_parent_hook() -> Callable[[], None] | None:
-    return _die_with_parent if os.uname().sysname == "Linux" else None
+    """A `preexec_fn` that makes the child get SIGTERM when this process dies, or at once
+    when it died before the signal was armed."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:  # in the child, between fork and exec: nothing slow
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -32,9 +51,10 @@ def die_with_parent(parent_pid: int) -> None:
     For processes started by code we do not control: BentoML's `bentoml serve` starts its
     worker processes in their own sessions, so neither its parent-death signal nor a signal
     to its process group reaches them, and a worker would outlive a killed server."""
-    if os.uname().sysname != "Linux":
+    prctl = _prctl()
+    if prctl is None:
         return
-    _die_with_parent()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:  # it died before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
 
