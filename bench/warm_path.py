@@ -7,8 +7,9 @@ straight at the replica (the baseline), in the same run.
    (the replica is the bottleneck: one BentoML worker process).
 2. Latency at half of one replica's maximum throughput (open loop: wrk sending on a fixed
    schedule, `--connections` connections): p50/p99 direct and through the activator, and
-   what the activator adds. The generator is wrk, not Python: on 2 cores a Python generator
-   at this rate takes most of a core from the servers it measures.
+   what the activator adds, and the CPU time the activator and the replica spend per
+   request (their own counters). The generator is wrk, not Python: on 2 cores a Python
+   generator at this rate takes most of a core from the servers it measures.
 
 Both on a cluster whose replicas admit everything (LOWTIDE_FIXED_CONCURRENCY=1000: the
 data path alone, and a direct baseline a learned limit would not refuse), then through the
@@ -20,11 +21,15 @@ Starts its own cluster (`lowtide up`, embedded Redis) and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import LoadResult, wrk_closed, wrk_paced
@@ -40,15 +45,41 @@ def row(label: str, r: LoadResult, base: LoadResult) -> list[str]:
             f"{r.p99_ms - base.p99_ms:+.2f}"]
 
 
+def listening(url: str) -> list[psutil.Process]:
+    """The processes listening on the URL's port (a BentoML server and its worker process
+    share the replica's socket)."""
+    port = urlsplit(url).port
+    pids = {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    return [psutil.Process(pid) for pid in pids]
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def interleaved(urls: dict[str, str], body: dict[str, int], rate: float, duration_s: float,
-                rounds: int, connections: int) -> dict[str, list[LoadResult]]:
+                rounds: int, connections: int, servers: dict[str, list[psutil.Process]]
+                ) -> tuple[dict[str, list[LoadResult]], dict[str, dict[str, list[float]]]]:
     """Open-loop rounds at `rate`, the paths taking turns, so a slow spell of the machine
-    does not fall on one path alone."""
+    does not fall on one path alone. Also the CPU time each server process spent per
+    request in each round (ms), from its own counters."""
     runs: dict[str, list[LoadResult]] = {label: [] for label in urls}
+    cpu: dict[str, dict[str, list[float]]] = {label: {s: [] for s in servers}
+                                              for label in urls}
     for _ in range(rounds):
         for label, url in urls.items():
-            runs[label].append(wrk_paced(url, body, rate, duration_s, connections))
-    return runs
+            before = {name: cpu_s(procs) for name, procs in servers.items()}
+            r = wrk_paced(url, body, rate, duration_s, connections)
+            runs[label].append(r)
+            for name, procs in servers.items():
+                cpu[label][name].append((cpu_s(procs) - before[name]) * 1000 / max(1, r.n))
+    return runs, cpu
 
 
 def combined(runs: list[LoadResult]) -> LoadResult:
@@ -88,8 +119,9 @@ def main() -> None:
         peak_direct = wrk_closed(direct, body, c, d)
         peak_via = wrk_closed(via, body, c, d)
         rate = peak_direct.rps / 2
-        half = interleaved({"direct": direct, "via": via}, body, rate, d, args.rounds,
-                           args.connections)
+        servers = {"activator": listening(via), "replica": listening(direct)}
+        half, half_cpu = interleaved({"direct": direct, "via": via}, body, rate, d,
+                                     args.rounds, args.connections, servers)
         client.close()
     # 2. the same through the activator with the learned limit
     del os.environ["LOWTIDE_FIXED_CONCURRENCY"]
@@ -98,8 +130,9 @@ def main() -> None:
         client, via, direct = warm_replica(cluster, "bench-warm")
         wrk_closed(via, body, c, 5)  # lets the limit settle
         peak_learned = wrk_closed(via, body, c, d)
-        learned = interleaved({"direct": direct, "via": via}, body, rate, d, args.rounds,
-                              args.connections)
+        servers = {"activator": listening(via), "replica": listening(direct)}
+        learned, learned_cpu = interleaved({"direct": direct, "via": via}, body, rate, d,
+                                           args.rounds, args.connections, servers)
         limit = client.status("bench-warm")["replicas"]["items"][0]["limit"]
         client.close()
     head = ["path", "n", "errors", "req/s", "/ direct", "p50 ms", "p99 ms", "+p50 ms",
@@ -111,19 +144,26 @@ def main() -> None:
     print(f"\nhalf of the replica's max: open loop at {rate:.0f} req/s (wrk, "
           f"{args.connections} connections), {args.rounds} rounds of {d:g} s per path, "
           "direct and via interleaved")
-    rows = [[*head, "best p99 ms", "worst p99 ms"]]
-    for label, runs, base in (
-            ("direct to replica", half["direct"], half["direct"]),
-            ("via activator", half["via"], half["direct"]),
-            ("direct to replica (learned)", learned["direct"], learned["direct"]),
-            ("via activator, learned limit", learned["via"], learned["direct"])):
+    rows = [[*head, "best p99 ms", "worst p99 ms", "activator CPU ms/req",
+             "replica CPU ms/req"]]
+    for label, runs, base, cpu in (
+            ("direct to replica", half["direct"], half["direct"], half_cpu["direct"]),
+            ("via activator", half["via"], half["direct"], half_cpu["via"]),
+            ("direct to replica (learned)", learned["direct"], learned["direct"],
+             learned_cpu["direct"]),
+            ("via activator, learned limit", learned["via"], learned["direct"],
+             learned_cpu["via"])):
         r, b = combined(runs), combined(base)
         rows.append([*row(label, r, b), f"{min(x.p99_ms for x in runs):.2f}",
-                     f"{max(x.p99_ms for x in runs):.2f}"])
+                     f"{max(x.p99_ms for x in runs):.2f}",
+                     f"{statistics.median(cpu['activator']):.3f}",
+                     f"{statistics.median(cpu['replica']):.3f}"])
     print(table(rows))
     print("p50/p99: the median over the rounds (a stall of the machine lands in one round "
           "of one path; 'best'/'worst p99' show the spread); latency is wrk's, from the moment "
-          "each request was written")
+          "each request was written; CPU per request: user + system time of the process(es) "
+          "listening on the activator's and the replica's port over a round / requests in it "
+          "(median over the rounds)")
 
 
 if __name__ == "__main__":
