@@ -25,7 +25,7 @@ from typing import NamedTuple, cast
 import httptools
 
 IDLE_S = 4.0  # a pooled connection idle longer than this is closed, not reused (below
-# the keep-alive timeout of uvicorn's default, 5 s, so the replica rarely closes one first)
+# the 5 s keep-alive of BentoML's worker, so the replica rarely closes one first)
 
 
 class UpstreamError(Exception):

@@ -31,17 +31,9 @@ def _prctl() -> Callable[..., int] | None:
 def die_with_parent_hook() -> Callable[[], None] | None:
     """A `preexec_fn` that makes the child get SIGTERM when this process dies, or at once
     when it died before the signal was armed."""
-    prctl = _prctl()
-    if prctl is None:
+    if _prctl() is None:  # looked up here, in the parent: the child only calls it
         return None
-    parent = os.getpid()
-
-    def hook() -> None:  # in the child, between fork and exec: nothing slow
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
+    return functools.partial(die_with_parent, os.getpid())
 
 
 def die_with_parent(parent_pid: int) -> None:
