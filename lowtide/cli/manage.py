@@ -1,0 +1,113 @@
+"""Deploy and manage endpoints: `deploy`, `ls`, `delete`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._common import sdk_client, stderr_console
+
+
+def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
+    de = sub.add_parser("deploy", help="deploy module:function",
+                        description="Deploy a function; prints its invoke URL.")
+    de.add_argument("target", metavar="module:function")
+    de.add_argument("--name", help="endpoint name (default: the function's name)")
+    de.add_argument("--cpu", type=float, default=1.0)
+    de.add_argument("--memory", default="1Gi", help="e.g. 512Mi, 2Gi")
+    de.add_argument("--gpu", type=int, default=0, help="whole GPUs per replica")
+    de.add_argument("--gpu-memory", default=None,
+                    help="memory each GPU must have, e.g. 16Gi (needs --gpu)")
+    de.add_argument("-r", "--requirement", action="append", default=[],
+                    dest="requirements", help="a pip requirement (repeatable)")
+    de.add_argument("--min-replicas", type=int, default=0)
+    de.add_argument("--max-replicas", type=int, default=None)
+    de.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    de.add_argument("--access", choices=["public", "key"], default="public",
+                    help="who may invoke: anyone with the URL (public, default) or callers "
+                    "with an invoke key (key; create keys with `lowtide keys create NAME`)")
+    de.add_argument("--wait", action="store_true",
+                    help="wait until the function is built (and min replicas are ready)")
+
+    sub.add_parser("ls", help="list deployments")
+    dl = sub.add_parser("delete", help="delete an endpoint")
+    dl.add_argument("name")
+
+
+def _load_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{target!r} is not module:function (e.g. app:predict)")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def cmd_deploy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    fn = _load_target(args.target)
+    console = stderr_console()
+    client = sdk_client()
+    options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu, gpu_memory=args.gpu_memory,
+                   requirements=args.requirements, min_replicas=args.min_replicas,
+                   max_replicas=args.max_replicas, timeout=args.timeout, access=args.access)
+    with console.status("uploading...") if console.is_terminal else contextlib.nullcontext():
+        ep = client.deploy(fn, args.name, **options)
+    if args.wait:
+        _wait_deployed(client, ep.name, args.min_replicas, console)
+    print(ep.url)
+    return 0
+
+
+def _wait_deployed(client: Any, name: str, min_replicas: int, console: Any) -> None:
+    text = "building..." if min_replicas == 0 else "waiting for the first replica..."
+    with console.status(text) if console.is_terminal else contextlib.nullcontext():
+        while True:
+            status = client.status(name)
+            builds = status.get("builds", {})
+            failed = [v for v in builds.values() if str(v).startswith("failed")]
+            if failed:
+                raise ValueError(f"build failed: {failed[0]}")
+            built = any(v == "ready" for v in builds.values())
+            if built and status["replicas"]["ready"] >= min_replicas:
+                return
+            time.sleep(0.5)
+
+
+def cmd_ls(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    items = sdk_client().list()
+    if not items:
+        print("no deployments; deploy one with lowtide.deploy(fn) or `lowtide deploy mod:fn`")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("NAME", "VERSION", "READY", "DESIRED", "QUEUED", "URL", box=None)
+    for d in items:
+        r = d["replicas"]
+        table.add_row(d["name"], str(d["version"]), str(r["ready"]), str(r["desired"]),
+                      str(d["queue"]["depth"]), d["url"])
+    Console().print(table)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    info = sdk_client().delete(args.name)
+    print(f"deleted {info['deleted']}")
+    return 0
+
+
+COMMANDS = {"deploy": cmd_deploy, "ls": cmd_ls, "delete": cmd_delete}
