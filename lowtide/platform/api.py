@@ -28,7 +28,8 @@ from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import state
-from .scaler import BUSY_CORES, Scaler
+from .replicas import BUSY_CORES
+from .scaler import Scaler
 from .settings import PlatformSettings
 
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
@@ -131,9 +132,9 @@ class PlatformAPI:
         if previous is not None:  # out of routing now: new requests go to the new version
             for r in await state.load_replicas(self.redis, name):
                 if r.version != version and r.state != "stopping":
-                    await self.scaler.stop(name, r, hosts)
+                    await self.scaler.replicas.stop(name, r, hosts)
         for host in hosts:
-            await self.scaler.enqueue(host, "build", name, version)
+            await self.scaler.replicas.enqueue(host, "build", name, version)
         await state.record_event(self.redis, name, "deploy",
                                  f"version {version} deployed" + (" (replaces "
                                  f"v{previous.version})" if previous else ""),
@@ -228,7 +229,7 @@ class PlatformAPI:
         hosts = await state.live_hosts(self.redis)
         for r in await state.load_replicas(self.redis, name):
             if r.host in hosts:
-                await self.scaler.enqueue(r.host, "stop_replica", name, r.id)
+                await self.scaler.replicas.enqueue(r.host, "stop_replica", name, r.id)
             else:
                 await state.remove_replica(self.redis, name, r.id)
         answered = await self._answer_queued(name)

@@ -2,7 +2,9 @@
 
 `run()` owns the ticker and a wake subscription (a wake pokes one endpoint for an immediate
 decision, as Knative's autoscaler is poked on scale from zero). `reconcile()` is one step
-for one endpoint; commands to hosts go through their rq queues.
+for one endpoint: observe, decide (policy.py), record a changed decision, converge. Host
+liveness is `hostwatch.HostWatcher`'s; the endpoint's replicas are kept true and converged
+by `replicas.ReplicaSupervisor` (commands to hosts go through their rq queues).
 
 What each endpoint's policy learned is kept in Redis (`_keys.learned`): read back the first
 time the endpoint is seen after a start, written when it changed (at most every
@@ -16,24 +18,22 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from rq import Queue
-from rq.job import Job, JobStatus
 
 from .. import _keys
 from .._redis import follow
 from . import state
-from .keepalive import KeepAlive, KeepAliveSettings, LearnedStateError
-from .placement import Need, host_view, place
-from .policy import Autoscaler, AutoscalerSettings, Decision, Observation
+from .hostwatch import HostWatcher
+from .keepalive import KeepAlive, LearnedStateError
+from .policy import Autoscaler, Decision, Observation
+from .replicas import ReplicaSupervisor
+from .settings import ScalerSettings
 from .state import Deployment, ReplicaRecord
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,8 @@ log = logging.getLogger(__name__)
 DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
                     "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
-ALIVE_GRACE_S = 5.0  # a ready replica without a heartbeat for this long is lost
-# ... unless its host's agent sees its process alive and busy: many threads of a CPU-bound
-# function can starve the replica's event loop (and so its heartbeat) of the GIL for
-# seconds. Such a replica is given this long before it counts as lost (hung, not busy).
-BUSY_SILENCE_S = 60.0
-BUSY_CORES = 0.5  # a process using at least this much CPU is busy
 REDIS_STALL_S = 1.0  # a listing slower than this: Redis stalled, heartbeats may have lapsed
-STOPPING_FORGET_S = 60.0
 CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
-START_JOB_TIMEOUT_S = 900
-HOST_FORGET_S = 600.0  # a lost host stays visible (GET /v1/hosts "lost") this long
-RECENT_LOSS_S = 30.0  # replicas lost this long before their host are blamed on it
 SHUTDOWN_SAVE_S = 5.0  # saving the learned state on the way out waits no longer than this
 
 # the learned state is written only while the endpoint still exists: a save racing with a
@@ -66,20 +56,6 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class ScalerSettings:
-    keep_alive_s: float | None = None  # None: the platform's policy
-    tick_s: float = 1.0
-    start_timeout_s: float = 600.0
-    failure_backoff_s: float = 5.0
-    learned_save_s: float = 10.0  # an endpoint's learned state is written at most this often
-    keep_alive_bin_s: float = 60.0  # the idle-gap histogram's resolution
-
-    def policy(self) -> AutoscalerSettings:
-        return AutoscalerSettings(keep_alive_s=self.keep_alive_s,
-                                  keep_alive=KeepAliveSettings(bin_s=self.keep_alive_bin_s))
-
-
 class Scaler:
     def __init__(
         self, redis: Redis, sync_redis: SyncRedis, settings: ScalerSettings,
@@ -91,19 +67,13 @@ class Scaler:
         self.clock = clock
         self._poked: set[str] = set()
         self._poke = asyncio.Event()
-        self._backoff_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
-        self._said: dict[str, str] = {}
+        self.hosts = HostWatcher(redis, sync_redis, clock)
+        self.replicas = ReplicaSupervisor(redis, sync_redis, settings, self.hosts, clock)
         self._policies: dict[str, Autoscaler] = {}
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
-        self._lost_since: dict[str, float] = {}  # host id -> when it was found lost
-        # host id -> endpoint -> when it last lost a replica there (its host may be next)
-        self._lost_on: dict[str, dict[str, float]] = {}
-        self._redis_failed_at = 0.0  # last Redis error seen by the loop
         self._born: dict[str, float] = {}  # name -> created_at of the deployment its policy is for
         self._saved: dict[str, str] = {}  # name -> learned state as last written (or read)
         self._save_due: dict[str, float] = {}  # name -> when its learned state is looked at
-        self._silent_since: dict[str, float] = {}  # replica id -> first seen without heartbeat
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -158,9 +128,9 @@ class Scaler:
             await self.save_learned(name, now, force=True)
 
     def _forget(self, name: str) -> None:
-        for memory in (self._policies, self._arrivals, self._said, self._born, self._saved,
-                       self._save_due):
+        for memory in (self._policies, self._arrivals, self._born, self._saved, self._save_due):
             memory.pop(name, None)
+        self.replicas.forget(name)
 
     def _check_born(self, name: str, created_at: float) -> None:
         """An endpoint deleted and deployed again (a new created_at; a redeploy keeps it) is
@@ -175,7 +145,7 @@ class Scaler:
 
     def unplaced(self, name: str) -> str | None:
         """Why the endpoint's missing replicas cannot be placed now (None: nothing pending)."""
-        return self._said.get(name)
+        return self.replicas.unplaced(name)
 
     def poke(self, name: str) -> None:
         self._poked.add(name)
@@ -196,19 +166,19 @@ class Scaler:
                     asked = time.monotonic()
                     names |= {n.decode() for n in await self._members()}
                     if time.monotonic() - asked > REDIS_STALL_S:  # hung, then back
-                        self._redis_failed()
-                    if self._liveness_known(self.clock()):  # no host is lost to a Redis gap
+                        self.hosts.redis_failed()
+                    if self.hosts.liveness_known(self.clock()):  # no host is lost to a Redis gap
                         try:
-                            await self.watch_hosts(self.clock())
+                            await self.hosts.watch(self.clock())
                         except RedisError as exc:
-                            self._redis_failed()
+                            self.hosts.redis_failed()
                             log.warning("watching hosts failed: %s", exc)
                 for name in sorted(names):
                     try:
                         await self.reconcile(name)
                         await self.save_learned(name, self.clock())
                     except RedisError as exc:
-                        self._redis_failed()
+                        self.hosts.redis_failed()
                         log.warning("reconcile %s failed: %s", name, exc)
                     except Exception:  # one endpoint's bad state must not stop the loop
                         log.exception("reconcile %s failed", name)
@@ -228,53 +198,9 @@ class Scaler:
         try:
             return set(await self.redis.smembers(_keys.DEPLOYMENTS))
         except RedisError as exc:
-            self._redis_failed()
+            self.hosts.redis_failed()
             log.warning("cannot list deployments: %s", exc)
             return set()
-
-    async def watch_hosts(self, now: float) -> None:
-        """Say once when a host is lost (its replicas are dropped by reconcile, which sees
-        their host gone), void its queued commands, and forget it after HOST_FORGET_S."""
-        hosts = await state.all_hosts(self.redis)
-        for host_id, host in hosts.items():
-            if host["state"] == "live":
-                if self._lost_since.pop(host_id, None) is not None:
-                    log.info("host %s is back", host_id)
-                continue
-            if host_id not in self._lost_since:
-                self._lost_since[host_id] = now
-                await self._host_lost(host_id, now)
-            elif now - self._lost_since[host_id] > HOST_FORGET_S:
-                await state.forget_host(self.redis, host_id)
-                self._lost_since.pop(host_id, None)
-                log.info("forgot host %s, lost for over %g s", host_id, HOST_FORGET_S)
-
-    async def _host_lost(self, host_id: str, now: float) -> None:
-        text = (f"host {host_id} lost: no heartbeat for over {_keys.HOST_ALIVE_TTL_S} s; its "
-                "replicas are out of routing and replaced on other hosts, and the requests "
-                "they held are run again")
-        log.warning("%s", text)
-        for queue_name in (_keys.host_queue(host_id), _keys.host_build_queue(host_id)):
-            queue = Queue(queue_name, connection=self.sync_redis)
-            await asyncio.to_thread(queue.empty)  # void; a returning agent stops the
-        recent = self._lost_on.pop(host_id, {})  # replicas it still runs
-        endpoints = {name for name, at in recent.items() if now - at <= RECENT_LOSS_S}
-        for name, records in (await state.all_replicas(self.redis)).items():
-            if any(r.host == host_id for r in records):
-                endpoints.add(name)
-        for name in sorted(endpoints):
-            dep = await state.load_deployment(self.redis, name)
-            desired = dep.desired if dep is not None else 0
-            await state.record_event(self.redis, name, "replica", text, frm=desired,
-                                     to=desired)
-
-    def _redis_failed(self) -> None:
-        """Heartbeats could not be written while Redis was away: judge liveness again only
-        ALIVE_GRACE_S after it answers (a Redis restart is not every replica lost)."""
-        self._redis_failed_at = self.clock()
-
-    def _liveness_known(self, now: float) -> bool:
-        return now - self._redis_failed_at > ALIVE_GRACE_S
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
@@ -292,14 +218,14 @@ class Scaler:
         policy = await self.learned_policy(name)
         now = self.clock()
         hosts = await state.live_hosts(self.redis)
-        replicas = await self._housekeep(dep, await state.load_replicas(self.redis, name),
+        replicas = await self.replicas.housekeep(dep, await state.load_replicas(self.redis, name),
                                          hosts, now)
         current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
         obs = await self._observe(dep, current, hosts, now)
         decision = policy.decide(obs, now)
         if decision.changed(dep.desired):
             await self._record(dep, decision, obs, now)
-        await self._converge(dep, current, decision.desired, now)
+        await self.replicas.converge(dep, current, decision.desired, now)
         return decision
 
     async def _observe(self, dep: Deployment, current: list[ReplicaRecord],
@@ -357,193 +283,6 @@ class Scaler:
         DECISIONS.labels(kind=d.kind).inc()
         log.info("%s: %s", name, d.reason)
 
-    # ---- housekeeping -----------------------------------------------------------------
-    async def _housekeep(self, dep: Deployment, replicas: list[ReplicaRecord],
-                         hosts: dict[str, Any], now: float) -> list[ReplicaRecord]:
-        """Drop replicas that are lost, failed to start or linger; stop stale versions."""
-        kept = []
-        for r in replicas:
-            problem = await self._problem(r, hosts, now)
-            if problem is not None:
-                await self._drop(dep, r, problem, now, hosts)
-                continue
-            if r.version != dep.version and r.state != "stopping":
-                await self.stop(dep.spec.name, r, hosts)
-            kept.append(r)
-        return kept
-
-    async def _problem(self, r: ReplicaRecord, hosts: dict[str, Any], now: float) -> str | None:
-        age_s = now - (r.ready_at or r.created_at)
-        if r.state == "crashed":
-            code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
-            return f"replica {r.id} failed: exited with code {code}: {last}"
-        if (r.host and r.host not in hosts and r.state != "starting"
-                and self._liveness_known(now)):
-            return (f"replica {r.id} lost with its host {r.host} (no host heartbeat for over "
-                    f"{_keys.HOST_ALIVE_TTL_S} s)")
-        silent = self._silence(r, hosts, now, age_s)
-        if silent:
-            return silent
-        stopping_since = float(r.extra.get("stopping_at", r.created_at))
-        if r.state == "stopping" and now - stopping_since > STOPPING_FORGET_S and not r.alive:
-            return f"replica {r.id} stopped"
-        if r.state == "starting":
-            if r.host not in hosts and self._liveness_known(now):  # not the function's fault
-                return (f"replica {r.id} lost while starting: host {r.host!r} stopped "
-                        "heartbeating")
-            if age_s > self.settings.start_timeout_s:
-                return (f"replica {r.id} failed to start within "
-                        f"{self.settings.start_timeout_s:g} s")
-            error = await asyncio.to_thread(self._start_job_error, r.id)
-            if error:
-                return f"replica {r.id} failed to start: {error}"
-        return None
-
-    def _silence(self, r: ReplicaRecord, hosts: dict[str, Any], now: float, age_s: float
-                 ) -> str | None:
-        """Why a ready replica without a heartbeat is lost, or None while it is not (yet)."""
-        if r.alive or r.state != "ready":
-            self._silent_since.pop(r.id, None)
-            return None
-        if age_s <= ALIVE_GRACE_S or not self._liveness_known(now):
-            return None
-        beat = (hosts.get(r.host) or {}).get("load") or {}
-        cores = _busy_cores(beat, r.id, now)
-        first = r.id not in self._silent_since
-        silent_s = now - self._silent_since.setdefault(r.id, now) + ALIVE_GRACE_S
-        if cores is not None and silent_s <= BUSY_SILENCE_S:
-            if first:
-                log.warning("replica %s sends no heartbeat but its process is busy (%.2f "
-                            "cores): waiting up to %g s before replacing it", r.id, cores,
-                            BUSY_SILENCE_S)
-            return None
-        if cores is not None:
-            return (f"replica {r.id} lost: no heartbeat for over {BUSY_SILENCE_S:g} s "
-                    f"although its process was busy ({cores:.2f} cores): hung")
-        host_age = f"; host {r.host} last beat {now - beat['at']:.1f} s ago" if (
-            "at" in beat and now - beat["at"] > 2) else ""
-        return f"replica {r.id} lost: no heartbeat for over {ALIVE_GRACE_S:g} s{host_age}"
-
-    def _start_job_error(self, replica_id: str) -> str | None:
-        try:
-            job = Job.fetch(f"start-{replica_id}", connection=self.sync_redis)
-        except Exception:
-            return None
-        if job.get_status() != JobStatus.FAILED:
-            return None
-        result = job.latest_result()
-        text = (result.exc_string if result is not None else "") or "the start job failed"
-        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        return lines[-1] if lines else "the start job failed"
-
-    async def _drop(self, dep: Deployment, r: ReplicaRecord, why: str, now: float,
-                    hosts: dict[str, Any]) -> None:
-        name = dep.spec.name
-        self._silent_since.pop(r.id, None)  # whatever the reason it goes
-        await state.remove_replica(self.redis, name, r.id)
-        if r.host in hosts:
-            await self.enqueue(r.host, "stop_replica", name, r.id)
-        if " lost" in why and r.host:  # the host may be found lost next: say so then
-            lost_here = self._lost_on.setdefault(r.host, {})
-            lost_here[name] = now
-            for other, at in list(lost_here.items()):
-                if now - at > RECENT_LOSS_S:
-                    del lost_here[other]
-        if "failed" in why:
-            n = self._failures[name] = self._failures.get(name, 0) + 1
-            backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
-            self._backoff_until[name] = now + backoff_s
-        if r.state != "stopping":
-            await state.record_event(self.redis, name, "replica", why, frm=dep.desired,
-                                     to=dep.desired, now=now)
-            log.warning("%s: %s", name, why)
-
-    # ---- converging -------------------------------------------------------------------
-    async def _converge(self, dep: Deployment, current: list[ReplicaRecord], desired: int,
-                        now: float) -> None:
-        name = dep.spec.name
-        if any(r.state == "ready" for r in current):
-            self._failures.pop(name, None)
-        missing = desired - len(current)
-        if missing <= 0:
-            self._said.pop(name, None)  # nothing waits for a host any more
-        if missing > 0 and now >= self._backoff_until.get(name, 0.0):
-            hosts = await state.live_hosts(self.redis)
-            for _ in range(missing):
-                if not await self._start(dep, current, hosts, now):
-                    break
-        elif missing < 0:
-            hosts = await state.live_hosts(self.redis)
-            # starting replicas serve nobody yet; then the least busy ready ones
-            order = sorted(current, key=lambda r: (r.state != "starting",
-                                                   int((r.alive or {}).get("in_flight", 0))))
-            for r in order[: -missing]:
-                await self.stop(name, r, hosts)
-
-    async def _start(self, dep: Deployment, current: list[ReplicaRecord],
-                     hosts: dict[str, Any], now: float) -> bool:
-        name, spec = dep.spec.name, dep.spec
-        per_host: dict[str, int] = {}
-        for r in current:
-            per_host[r.host] = per_host.get(r.host, 0) + 1
-        held = state.allocated(await state.all_replicas(self.redis))  # fresh: one at a time
-        need = Need(spec.cpu, spec.memory_bytes, spec.gpu, spec.gpu_memory_bytes)
-        views = [host_view(h, held.get(h_id), per_host.get(h_id, 0))
-                 for h_id, h in hosts.items()]
-        # not where this endpoint's replicas just went silent (that host may be dying and
-        # still look live for a few seconds), unless nothing else fits
-        shunned = {h for h, lost in self._lost_on.items()
-                   if now - lost.get(name, -RECENT_LOSS_S) < RECENT_LOSS_S}
-        placement = place(need, [v for v in views if v.id not in shunned])
-        if placement.host is None and shunned:
-            placement = place(need, views)
-        if placement.host is None:
-            await self._say_once(dep, placement.reason)
-            return False
-        if self._said.pop(name, None) is not None:
-            log.info("%s: placement possible again", name)
-        record = ReplicaRecord(id=f"r-{uuid.uuid4().hex[:10]}", version=dep.version,
-                               state="starting", host=placement.host, created_at=now,
-                               cpu=spec.cpu, memory_bytes=spec.memory_bytes,
-                               gpus=list(placement.gpus))
-        await state.save_replica(self.redis, name, record)
-        gpus = [list(placement.gpus)] if placement.gpus else []  # an older agent takes none
-        await self.enqueue(placement.host, "start_replica", name, dep.version, record.id,
-                           *gpus, job_id=f"start-{record.id}")
-        current.append(record)
-        await state.record_event(self.redis, name, "replica",
-                                 f"starting replica {record.id} {placement.reason}",
-                                 frm=dep.desired, to=dep.desired, now=now)
-        log.info("%s: starting replica %s v%d %s", name, record.id, dep.version,
-                 placement.reason)
-        return True
-
-    async def stop(self, name: str, r: ReplicaRecord, hosts: dict[str, Any]) -> None:
-        if r.host not in hosts:
-            await state.remove_replica(self.redis, name, r.id)
-            return
-        r.state = "stopping"
-        r.extra["stopping_at"] = self.clock()
-        await state.save_replica(self.redis, name, r)
-        await self.enqueue(r.host, "stop_replica", name, r.id)
-        log.info("%s: stopping replica %s on %s", name, r.id, r.host)
-
-    async def _say_once(self, dep: Deployment, text: str) -> None:
-        if self._said.get(dep.spec.name) != text:
-            self._said[dep.spec.name] = text
-            await state.record_event(self.redis, dep.spec.name, "placement", text,
-                                     frm=dep.desired, to=dep.desired)
-            log.warning("%s: %s", dep.spec.name, text)
-
-    async def enqueue(self, host: str, job: str, *args: Any, job_id: str | None = None) -> None:
-        name = _keys.host_build_queue(host) if job == "build" else _keys.host_queue(host)
-        queue = Queue(name, connection=self.sync_redis)
-        await asyncio.to_thread(
-            queue.enqueue, f"lowtide.workers.jobs.{job}", *args, job_id=job_id,
-            job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,
-        )
-
-
 
 def _learned_text(policy: Autoscaler) -> str:
     return json.dumps(policy.learned(), separators=(",", ":"))
@@ -569,11 +308,3 @@ def gpu_utilization(ready: list[ReplicaRecord], percent_used: dict[str, float],
         return None
     return round(sum(measured) / len(measured) / (100.0 * gpus_requested), 3)
 
-
-def _busy_cores(host_load: dict[str, Any], replica_id: str, now: float) -> float | None:
-    """The CPU the replica's process uses by its host agent's fresh heartbeat, when that
-    says it is alive and busy; else None."""
-    if now - float(host_load.get("at", 0.0)) > 2 * ALIVE_GRACE_S:
-        return None
-    cores = (host_load.get("replica_cpu_cores") or {}).get(replica_id)
-    return float(cores) if cores is not None and cores >= BUSY_CORES else None

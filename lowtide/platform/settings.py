@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 from .._home import DEFAULT_ACTIVATOR_URL
+from .keepalive import KeepAliveSettings
+from .policy import AutoscalerSettings
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,17 @@ class PlatformSettings:
         if not self.keep_alive_bin_s > 0:
             raise ValueError(f"keep_alive_bin_s={self.keep_alive_bin_s} must be > 0 (seconds; "
                              "the default is 60)")
+
+
+@dataclass(frozen=True)
+class ScalerSettings:
+    keep_alive_s: float | None = None  # None: the platform's policy
+    tick_s: float = 1.0
+    start_timeout_s: float = 600.0
+    failure_backoff_s: float = 5.0
+    learned_save_s: float = 10.0  # an endpoint's learned state is written at most this often
+    keep_alive_bin_s: float = 60.0  # the idle-gap histogram's resolution
+
+    def policy(self) -> AutoscalerSettings:
+        return AutoscalerSettings(keep_alive_s=self.keep_alive_s,
+                                  keep_alive=KeepAliveSettings(bin_s=self.keep_alive_bin_s))

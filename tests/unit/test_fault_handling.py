@@ -8,13 +8,9 @@ from typing import Any
 import pytest
 
 from lowtide._redis import Backoff
-from lowtide.platform.scaler import (
-    ALIVE_GRACE_S,
-    BUSY_CORES,
-    BUSY_SILENCE_S,
-    Scaler,
-    ScalerSettings,
-)
+from lowtide.platform.hostwatch import ALIVE_GRACE_S
+from lowtide.platform.replicas import BUSY_CORES, BUSY_SILENCE_S
+from lowtide.platform.scaler import Scaler, ScalerSettings
 from lowtide.platform.state import ReplicaRecord
 
 
@@ -46,11 +42,11 @@ async def test_a_replica_is_not_lost_for_heartbeats_redis_could_not_take(
     scaler = Scaler(None, None, ScalerSettings(), clock=clock)  # type: ignore[arg-type]
     if since_redis_failed_s is not None:
         clock.now -= since_redis_failed_s
-        scaler._redis_failed()
+        scaler.hosts.redis_failed()
         clock.now += since_redis_failed_s
     silent = ReplicaRecord(id="r-1", version=1, state="ready", host="h", created_at=900.0,
                            ready_at=900.0, alive=None)
-    problem = await scaler._problem(silent, {"h": {}}, clock.now)
+    problem = await scaler.replicas.problem(silent, {"h": {}}, clock.now)
     assert (problem is not None) == lost, problem
     if lost:
         assert "lost" in problem
@@ -79,13 +75,13 @@ async def test_a_silent_replica_whose_process_is_busy_gets_longer(
         usage = {} if cores is None else {"r-1": cores}
         return {"h": {"load": {"at": clock.now - 0.5, "replica_cpu_cores": usage}}}
 
-    first = await scaler._problem(r, hosts(), clock.now)  # first seen without a beat
+    first = await scaler.replicas.problem(r, hosts(), clock.now)  # first seen without a beat
     if cores is None or cores < BUSY_CORES:
         assert first is not None and "lost" in first
         return
     assert first is None
     clock.now += silent_s
-    problem = await scaler._problem(r, hosts(), clock.now)
+    problem = await scaler.replicas.problem(r, hosts(), clock.now)
     assert (problem is not None) == lost, problem
     if lost:
         assert "hung" in problem
@@ -96,7 +92,7 @@ async def test_a_busy_replica_is_only_spared_while_its_host_reports_it() -> None
     scaler = Scaler(None, None, ScalerSettings(), clock=clock)  # type: ignore[arg-type]
     r = _silent_replica()
     busy = {"h": {"load": {"at": clock.now, "replica_cpu_cores": {"r-1": 1.0}}}}
-    assert await scaler._problem(r, busy, clock.now) is None
+    assert await scaler.replicas.problem(r, busy, clock.now) is None
     clock.now += 15.0  # the host's last beat is now stale: no one vouches for the process
-    problem = await scaler._problem(r, busy, clock.now)
+    problem = await scaler.replicas.problem(r, busy, clock.now)
     assert problem is not None and "no heartbeat" in problem

@@ -112,7 +112,7 @@ def test_gpu_utilization(measured: dict[str, float], gpus: int, expected: float 
 # ---- lost hosts -----------------------------------------------------------------------
 def _problem(r: ReplicaRecord, hosts: dict[str, Any]) -> str | None:
     scaler = Scaler(None, None, ScalerSettings(), clock=lambda: NOW)  # type: ignore[arg-type]
-    return asyncio.run(scaler._problem(r, hosts, NOW))
+    return asyncio.run(scaler.replicas.problem(r, hosts, NOW))
 
 
 LIVE = {"h1": {"load": {"at": NOW}}}
