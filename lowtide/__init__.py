@@ -5,6 +5,7 @@
     ep(21)  # -> 42
 """
 
+from ._batched import batched
 from .sdk import (
     AuthError,
     BadInput,
@@ -27,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthError", "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
     "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
-    "Overloaded", "__version__", "deploy",
+    "Overloaded", "__version__", "batched", "deploy",
 ]

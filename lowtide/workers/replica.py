@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 from starlette.applications import Starlette
@@ -35,9 +36,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import _keys
+from .._batched import batch_spec
 from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
 from .._redis import Backoff, async_redis
 from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
+from .batching import REGISTRY as BATCH_METRICS
+from .batching import Batcher
 from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
@@ -107,9 +111,13 @@ class Replica:
         self.phases = {"load_s": time.time() - load_started}
         self._first_done = False
         self.limiter = GradientLimiter(settings.limiter, now=time.monotonic())
-        self.slots = Slots(self.limiter.admit_limit)
         # threads start on demand; enough for a sync function at the largest limit
         self.executor = ThreadPoolExecutor(settings.limiter.max_limit, thread_name_prefix="fn")
+        spec = batch_spec(self.fn.fn)
+        # a batched function's limit counts items and comes from its batch policy
+        self.batcher = None if spec is None else Batcher(self.fn, spec, self.executor,
+                                                         settings.endpoint)
+        self.slots = Slots(self._admit_limit())
         self._recorded_limit = 0  # the limit last written to the replica record
         self.redis: Redis = async_redis(settings.redis_url)
         self.consumer = f"{settings.replica_id}.{os.getpid()}"
@@ -156,6 +164,8 @@ class Replica:
         self._stop.set()
         await self.puller.drain(s.drain_s)
         await self.slots.wait_idle(s.drain_s)
+        if self.batcher is not None:
+            await self.batcher.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -195,17 +205,25 @@ class Replica:
         late_s = time.time() - request.start_by
         if late_s > 0:
             return queue_expired_result(late_s)
-        return await self._measured(request.content_type, request.body, request.timeout_s)
+        return await self._measured(request.content_type, request.body, request.timeout_s,
+                                    time.monotonic() - late_s)
 
-    async def _measured(self, content_type: str, body: bytes, timeout_s: float) -> Result:
-        """Execute one call (its slot already taken) and feed its latency to the limiter."""
+    async def _measured(self, content_type: str, body: bytes, timeout_s: float,
+                        start_by: float | None = None) -> Result:
+        """Execute one call (its slot already taken) and feed its latency to the limiter;
+        a batched function's item joins a batch (its policy learns from whole batches)."""
         in_flight = self.slots.in_use
         started = time.monotonic()
         try:
-            result = await execute(self.fn, content_type, body, timeout_s, self.executor)
+            if self.batcher is not None:
+                result = await self.batcher.submit(content_type, body, timeout_s, start_by)
+            else:
+                result = await execute(self.fn, content_type, body, timeout_s, self.executor)
         finally:
             self.last_done_at = time.time()
-        if result.status != 400:  # refused input says nothing about load
+        if self.batcher is not None:
+            self.slots.set_limit(self.batcher.item_limit)
+        elif result.status != 400:  # refused input says nothing about load
             now = time.monotonic()
             self.limiter.on_sample(now - started, in_flight, now)
             self.slots.set_limit(self.limiter.admit_limit)
@@ -213,9 +231,15 @@ class Replica:
             await self._note_first_response()
         return result
 
+    def _limit(self) -> int:
+        return self.limiter.limit if self.batcher is None else self.batcher.item_limit
+
+    def _admit_limit(self) -> int:
+        return self.limiter.admit_limit if self.batcher is None else self.batcher.item_limit
+
     def load_headers(self) -> dict[str, str]:
         """The learned limit, for the activator that proxied a direct call."""
-        headers = {LIMIT_HEADER: str(self.limiter.limit)}
+        headers = {LIMIT_HEADER: str(self._limit())}
         if self.limiter.no_load_s is not None:
             headers[NO_LOAD_HEADER] = f"{self.limiter.no_load_s * 1000:.3f}"
         return headers
@@ -223,11 +247,14 @@ class Replica:
     def load(self) -> dict[str, object]:
         """The heartbeat's view of the load: in flight, learned limit, latencies."""
         lim = self.limiter
-        return {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": lim.limit,
-                "admit_limit": lim.admit_limit, "probing": lim.probing,
+        batch = {} if self.batcher is None else {"batch": self.batcher.view()}
+        return {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": self._limit(),
+                "admit_limit": self._admit_limit(), "probing": lim.probing, **batch,
                 "no_load_ms": None if lim.no_load_s is None else round(lim.no_load_s * 1000, 3),
                 "recent_ms": None if lim.recent_s is None else round(lim.recent_s * 1000, 3),
-                "limit_reason": lim.reason, "last_done_at": self.last_done_at,
+                "limit_reason": lim.reason if self.batcher is None else
+                f"two batches of {self.batcher.policy.cap()} "
+                f"({self.batcher.policy.cap_reason})", "last_done_at": self.last_done_at,
                 "at": time.time()}
 
     # ---- registration -----------------------------------------------------------------
@@ -240,8 +267,7 @@ class Replica:
         event = None
         if state == "ready":
             record["ready_at"] = time.time()
-            record["limit"] = self.limiter.limit
-            self._recorded_limit = self.limiter.limit
+            record["limit"] = self._recorded_limit = self._limit()
             record["startup"] = startup = self._startup(record)
             event = {"at": record["ready_at"], "kind": "replica", "from": None, "to": None,
                      "reason": startup_reason(s.replica_id, startup), "inputs": startup}
@@ -288,7 +314,7 @@ class Replica:
     async def _record_limit(self) -> None:
         """Keep the record's `limit` current (read by activators' resync and the
         autoscaler); a watched transaction, as the agent writes the same record."""
-        limit = self.limiter.limit
+        limit = self._limit()
         if limit == self._recorded_limit:
             return
         s = self.settings
@@ -312,7 +338,7 @@ class Replica:
 
     async def _heartbeat_once(self) -> None:
         if self.limiter.tick(time.monotonic()):
-            self.slots.set_limit(self.limiter.admit_limit)
+            self.slots.set_limit(self._admit_limit())
         await self.redis.set(
             _keys.replica_alive(self.settings.replica_id), json.dumps(self.load()),
             ex=ALIVE_TTL_S
@@ -425,6 +451,11 @@ async def _invoke(request: Request) -> Response:
                     headers=headers)
 
 
+async def _metrics(_: Request) -> Response:
+    """Prometheus text: the batch size and wait histograms of batched functions."""
+    return Response(generate_latest(BATCH_METRICS), media_type=CONTENT_TYPE_LATEST)
+
+
 async def _health(_: Request) -> Response:
     r = current()
     if r is None:
@@ -435,5 +466,6 @@ async def _health(_: Request) -> Response:
 invoke_app = Starlette(routes=[
     Route("/invoke", _invoke, methods=["POST"]),
     Route("/healthz", _health, methods=["GET"]),
+    Route("/metrics", _metrics, methods=["GET"]),
     Route("/specialize", _specialize, methods=["POST"]),
 ])

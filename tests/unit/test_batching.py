@@ -1,0 +1,197 @@
+"""The batch loop in process: each caller's own answer, errors, expiry, methods."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+import lowtide
+from lowtide._batched import BatchSpec, batch_spec
+from lowtide._protocol import JSON, Result
+from lowtide.workers.batching import Batcher, split_outputs
+from lowtide.workers.runtime import LoadedFunction
+
+
+def loaded(fn: Callable[..., Any]) -> LoadedFunction:
+    return LoadedFunction(fn, inspect.signature(fn), inspect.iscoroutinefunction(fn))
+
+
+def body(result: Result) -> Any:
+    return json.loads(result.body)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=2)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+async def call_all(batcher: Batcher, bodies: list[bytes], timeout_s: float = 5.0
+                   ) -> list[Result]:
+    try:
+        return await asyncio.gather(*(batcher.submit(JSON, b, timeout_s) for b in bodies))
+    finally:
+        await batcher.stop()
+
+
+def test_decorator_marks_and_checks() -> None:
+    @lowtide.batched
+    def embed(texts: list[str]) -> list[int]:
+        return [len(t) for t in texts]
+
+    @lowtide.batched(max_batch_size=16)
+    def rank(q: list[str]) -> list[int]:
+        return [0] * len(q)
+
+    assert batch_spec(embed) == BatchSpec(None)
+    assert batch_spec(rank) == BatchSpec(16)
+    assert embed(["ab"]) == [2]  # still callable locally
+    with pytest.raises(TypeError, match=r"\*args"):
+        lowtide.batched(lambda *args: args)
+    with pytest.raises(ValueError, match="max_batch_size=0"):
+        lowtide.batched(max_batch_size=0)
+
+    def gen(x: list[int]) -> Iterator[int]:
+        yield 1
+    with pytest.raises(TypeError, match="generator"):
+        lowtide.batched(gen)
+
+
+def test_each_caller_gets_its_own_answer_from_shared_batches(
+        executor: ThreadPoolExecutor) -> None:
+    sizes: list[int] = []
+
+    def double(x: list[int], scale: list[int]) -> list[int]:
+        sizes.append(len(x))
+        time.sleep(0.01)
+        return [v * s for v, s in zip(x, scale, strict=True)]
+
+    batcher = Batcher(loaded(double), BatchSpec(), executor)
+    bodies = [json.dumps({"x": i, "scale": 1 + i % 3}).encode() for i in range(40)]
+    results = asyncio.run(call_all(batcher, bodies))
+    assert [body(r) for r in results] == [i * (1 + i % 3) for i in range(40)]
+    assert sum(sizes) == 40 and max(sizes) > 1  # they were batched
+    view = batcher.view()
+    assert view["batches"] == len(sizes) and view["item_limit"] >= 2
+
+
+def test_defaults_positional_and_async(executor: ThreadPoolExecutor) -> None:
+    async def fmt(prefix: list[str], /, name: list[str], punct: Any = "!") -> list[str]:
+        await asyncio.sleep(0)
+        return [f"{p}{n}{q}" for p, n, q in zip(prefix, name, punct, strict=True)]
+
+    batcher = Batcher(loaded(fmt), BatchSpec(), executor)
+    results = asyncio.run(call_all(batcher, [b'{"prefix": "hi ", "name": "a"}',
+                                             b'{"prefix": "yo ", "name": "b", "punct": "?"}']))
+    assert [body(r) for r in results] == ["hi a!", "yo b?"]
+
+
+def test_a_raising_batch_answers_every_caller(executor: ThreadPoolExecutor) -> None:
+    def boom(x: list[int]) -> list[int]:
+        raise RuntimeError("model exploded")
+
+    results = asyncio.run(call_all(Batcher(loaded(boom), BatchSpec(), executor),
+                                   [b'{"x": 1}', b'{"x": 2}']))
+    for r in results:
+        assert r.status == 500
+        assert body(r)["type"] == "RuntimeError" and "model exploded" in body(r)["detail"]
+
+
+@pytest.mark.parametrize(("outputs", "detail"), [
+    ([1], "returned 1 outputs for 2 inputs"),
+    ("ab", "returned a str"),
+    (None, "returned a NoneType"),
+])
+def test_a_wrong_result_is_a_clear_500(outputs: Any, detail: str) -> None:
+    for r in split_outputs(outputs, 2):
+        assert r.status == 500 and detail in body(r)["detail"]
+
+
+def test_numpy_like_outputs_split_by_row() -> None:
+    class Rows:
+        def tolist(self) -> list[list[float]]:
+            return [[1.0], [2.0]]
+
+    assert [body(r) for r in split_outputs(Rows(), 2)] == [[1.0], [2.0]]
+
+
+def test_bad_input_is_answered_alone(executor: ThreadPoolExecutor) -> None:
+    def ident(x: list[int]) -> list[int]:
+        return x
+
+    results = asyncio.run(call_all(Batcher(loaded(ident), BatchSpec(), executor),
+                                   [b'{"x": 1}', b'{"y": 2}', b"{bad"]))
+    assert results[0].status == 200 and body(results[0]) == 1
+    assert [r.status for r in results[1:]] == [400, 400]
+
+
+def test_expired_items_leave_the_queue_and_never_run(executor: ThreadPoolExecutor) -> None:
+    ran: list[int] = []
+
+    def slow(x: list[int]) -> list[int]:
+        ran.extend(x)
+        time.sleep(0.3)
+        return x
+
+    async def scenario() -> list[Result]:
+        b = Batcher(loaded(slow), BatchSpec(), executor)
+        first = asyncio.ensure_future(b.submit(JSON, b'{"x": 1}', 5.0))
+        await asyncio.sleep(0.05)  # the first batch runs; the next item waits behind it
+        late = b.submit(JSON, b'{"x": 2}', 5.0, start_by=time.monotonic() + 0.1)
+        try:
+            return list(await asyncio.gather(first, late))
+        finally:
+            await b.stop()
+
+    first, late = asyncio.run(scenario())
+    assert first.status == 200
+    assert late.status == 504 and "waited in the queue" in body(late)["detail"]
+    assert ran == [1]
+
+
+def test_a_batch_past_its_timeout_is_504_for_each(executor: ThreadPoolExecutor) -> None:
+    async def stuck(x: list[int]) -> list[int]:
+        await asyncio.sleep(10)
+        return x
+
+    results = asyncio.run(call_all(Batcher(loaded(stuck), BatchSpec(), executor),
+                                   [b'{"x": 1}', b'{"x": 2}'], timeout_s=0.2))
+    assert [r.status for r in results] == [504, 504]
+
+
+def test_max_batch_size_caps_batches(executor: ThreadPoolExecutor) -> None:
+    sizes: list[int] = []
+
+    def f(x: list[int]) -> list[int]:
+        sizes.append(len(x))
+        time.sleep(0.005)
+        return x
+
+    asyncio.run(call_all(Batcher(loaded(f), BatchSpec(max_batch_size=3), executor),
+                         [b"{\"x\": %d}" % i for i in range(20)]))
+    assert max(sizes) <= 3 and sum(sizes) == 20
+
+
+def test_a_batched_method_of_an_instance(executor: ThreadPoolExecutor) -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.offset = 100
+
+        @lowtide.batched
+        def predict(self, x: list[int]) -> list[int]:
+            return [v + self.offset for v in x]
+
+    method = Model().predict
+    spec = batch_spec(method)
+    assert spec is not None
+    results = asyncio.run(call_all(Batcher(loaded(method), spec, executor),
+                                   [b'{"x": 1}', b'{"x": 2}']))
+    assert [body(r) for r in results] == [101, 102]
