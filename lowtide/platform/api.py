@@ -11,7 +11,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from .. import _auth, _keys
 from .._http import (
@@ -27,6 +27,7 @@ from .._protocol import error_result
 from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_version
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
+from . import logs as replica_logs
 from . import state
 from .replicas import BUSY_CORES
 from .scaler import Scaler
@@ -272,18 +273,10 @@ class PlatformAPI:
         if not await self.redis.exists(_keys.deployment(name), _keys.logs(name)):
             raise NotFound(f"no deployment named {name!r}")
         try:
-            if wait_ms:
-                reply = await self.redis.xread({_keys.logs(name): after}, count=limit,
-                                               block=wait_ms)
-                entries = reply[0][1] if reply else []
-            else:
-                entries = await self.redis.xrange(_keys.logs(name), min=f"({after}"
-                                                  if after != "0-0" else "-", count=limit)
-        except RedisError as exc:
-            raise BadRequest(f"bad 'after' id {after!r}: {exc}") from None
-        lines = [{"id": i.decode(), "at": int(i.split(b"-")[0]) / 1000.0,
-                  "replica": f[b"replica"].decode(), "line": f[b"line"].decode()}
-                 for i, f in entries]
+            replica_logs.check_after(after)
+        except replica_logs.BadLogId as exc:
+            raise BadRequest(str(exc)) from None
+        lines = await replica_logs.read_lines(self.redis, _keys.logs(name), after, limit, wait_ms)
         return json_response({"name": name, "lines": lines,
                               "next": lines[-1]["id"] if lines else after})
 

@@ -1,0 +1,57 @@
+from lowtide.workers.replica_log import LogFilter, exit_line, is_chatter
+
+PFX = "2026-12-01T12:35:39+0000 [INFO] [entry_service:lowtide-worker:1] "
+ERR = "2026-12-01T12:35:39+0000 [ERROR] [entry_service:lowtide-worker:1] "
+
+
+def run(lines: list[str]) -> list[str]:
+    f = LogFilter()
+    out = [kept for line in lines for kept in f.feed(line)]
+    return out + f.flush()
+
+
+def test_hook_chatter_is_dropped_and_user_lines_kept() -> None:
+    lines = [PFX + "Running cleanup hook: _stop", PFX + "Completed async cleanup hook: _stop",
+             PFX + "Service instance cleanup finalized", PFX + "Running startup hook: _start",
+             "hello from the function", PFX + "something else BentoML says"]
+    assert run(lines) == ["hello from the function", PFX + "something else BentoML says"]
+    assert not is_chatter("Running cleanup hook: _stop")  # user output that looks alike
+
+
+def test_a_repeated_traceback_block_is_dropped() -> None:
+    block = [ERR + "Traceback (most recent call last):", '  File "x.py", line 1, in f',
+             "ZeroDivisionError: division by zero", ""]
+    failed = ERR + "Application startup failed. Exiting."
+    out = run(["[lowtide] the function cannot be loaded: ZeroDivisionError", *block, *block,
+               failed, failed])
+    assert out == ["[lowtide] the function cannot be loaded: ZeroDivisionError", *block[:3]]
+
+
+def test_an_unfinished_block_is_flushed() -> None:
+    assert run([ERR + "Traceback (most recent call last):", "  boom"]) == [
+        ERR + "Traceback (most recent call last):", "  boom"]
+
+
+def test_exit_line_names_a_load_failure() -> None:
+    assert "could not be loaded" in exit_line(0, ["[lowtide] the replica cannot start: X"])
+    assert exit_line(0, ["x"]) == "[lowtide] replica exited unexpectedly with code 0"
+    assert exit_line(-9, []).endswith("code -9")
+
+
+def test_log_waits_are_split_below_the_socket_timeout() -> None:
+    from lowtide.platform.logs import block_slices_ms
+
+    assert block_slices_ms(0, 2500) == []
+    assert block_slices_ms(2000, 2500) == [2000]
+    assert block_slices_ms(6000, 2500) == [2500, 2500, 1000]
+
+
+def test_after_ids_are_checked_before_redis_sees_them() -> None:
+    import pytest
+
+    from lowtide.platform.logs import BadLogId, check_after
+
+    assert check_after("1796123986032-1") == "1796123986032-1"
+    for bad in ("$", "abc", "1-2-3", "", "1796123986032-1 "):
+        with pytest.raises(BadLogId, match="'next'"):
+            check_after(bad)
