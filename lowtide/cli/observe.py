@@ -107,7 +107,7 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import httpx
 
-    from ..sdk.sdk_client import decode_result
+    from ..sdk._client import decode_result
 
     try:
         json.loads(args.payload)
@@ -135,11 +135,31 @@ def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+FOLLOW_WAIT_MS = 20000  # one long poll of `logs -f`; the server splits it below Redis' timeout
+FOLLOW_RETRY_MAX_S = 10.0
+
+
 def cmd_logs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print the endpoint's replica output; with -f keep following (for hours: a quiet
+    endpoint is an empty page; once following, a platform or Redis that goes away is
+    waited for, while the first page fails at once with what to do)."""
+    from ..sdk._errors import ConfigError, Overloaded
+
     client = sdk_client()
-    after = "0-0"
+    after, retry_s, answered = "0-0", 0.0, False
     while True:
-        page = client.logs(args.name, after=after, wait_ms=5000 if args.follow else 0)
+        try:
+            page = client.logs(args.name, after=after,
+                               wait_ms=FOLLOW_WAIT_MS if args.follow else 0)
+        except (Overloaded, ConfigError) as exc:
+            if not args.follow or not answered:
+                raise
+            retry_s = min(FOLLOW_RETRY_MAX_S, retry_s * 2 or 0.5)
+            print(f"lowtide: {exc}; still following, retrying in {retry_s:g} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(retry_s)
+            continue
+        retry_s, answered = 0.0, True
         for line in page["lines"]:
             print(f"[{line['replica']}] {line['line']}", flush=True)
         after = page["next"]

@@ -30,7 +30,7 @@ from rq.timeouts import TimerDeathPenalty
 from .. import _keys
 from .._redis import Backoff, sync_redis
 from .._redisserver import free_port
-from . import bento
+from . import bento, replica_log
 from .health import serve_health
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
@@ -421,6 +421,7 @@ class Agent:
                 detail = r.json().get("detail") or r.text
             except ValueError:
                 detail = r.text
+            self._log_line(rp, f"[lowtide] the replica cannot start: {detail[:500]}")
             raise RuntimeError(detail[:500])
         STARTS.labels("pool").inc()
         log.info("specialized pool worker %s as replica %s of %s v%d in %.0f ms",
@@ -555,8 +556,7 @@ class Agent:
             if not r.stopping:
                 CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down
-                self._log_line(r, f"[lowtide] replica exited unexpectedly with code "
-                                  f"{r.proc.returncode}")
+                self._log_line(r, replica_log.exit_line(r.proc.returncode, r.tail))
                 log.warning("replica %s of %s exited with code %s", r.replica_id, r.endpoint,
                             r.proc.returncode)
             if r.pump is not None:
@@ -595,13 +595,20 @@ class Agent:
 
     def _pump_logs(self, rp: ReplicaProcess) -> None:
         assert rp.proc.stdout is not None
+        chatter = replica_log.LogFilter()  # BentoML's hook lines, repeated tracebacks
         for raw in rp.proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             rp.tail.append(line)
-            if rp.endpoint:
-                self._log_line(rp, line)
-            else:  # an idle pool worker: no endpoint to file it under yet
-                log.debug("pool worker %s: %s", rp.address, line)
+            for kept in chatter.feed(line):
+                self._keep_line(rp, kept)
+        for kept in chatter.flush():
+            self._keep_line(rp, kept)
+
+    def _keep_line(self, rp: ReplicaProcess, line: str) -> None:
+        if rp.endpoint:
+            self._log_line(rp, line)
+        else:  # an idle pool worker: no endpoint to file it under yet
+            log.debug("pool worker %s: %s", rp.address, line)
 
     def _log_line(self, rp: ReplicaProcess, line: str) -> None:
         try:
