@@ -67,6 +67,28 @@ def stats(name: str) -> str:
     return f"{PREFIX}stats:{name}"
 
 
+def latency(name: str) -> str:
+    """Hash bucket index -> answered calls (cumulative, see `_latency`), flushed by
+    activators about once a second; read by the platform's series recorder."""
+    return f"{PREFIX}lat:{name}"
+
+
+def series(name: str, tier: str) -> str:
+    """List of JSON points of one resolution of an endpoint's charts (`platform.series`),
+    oldest first, capped."""
+    return f"{PREFIX}series:{name}:{tier}"
+
+
+def ui_login(code_digest: str) -> str:
+    """String: a one-time dashboard sign-in code (its SHA-256), short-lived."""
+    return f"{PREFIX}ui:login:{code_digest}"
+
+
+def ui_session(session_digest: str) -> str:
+    """String: a dashboard session (JSON {csrf, created_at}) by its cookie's SHA-256."""
+    return f"{PREFIX}ui:session:{session_digest}"
+
+
 def reply_channel(activator_id: str) -> str:
     return f"{PREFIX}reply:{activator_id}"
 

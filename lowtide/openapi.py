@@ -40,7 +40,7 @@ NAME = {"name": "name", "in": "path", "required": True, "description": "endpoint
         "schema": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}}
 AUTH_ERRORS = {"401": _error("no or malformed credentials (see WWW-Authenticate)"),
                "403": _error("credentials well formed but not allowed")}
-CONTROL = {"security": [{"token": []}], "tags": ["control plane"]}
+CONTROL = {"security": [{"token": []}, {"session": []}], "tags": ["control plane"]}
 INVOKE = {"tags": ["invoke"], "servers": [ACTIVATOR_SERVER]}
 COMMON = {"/healthz": {"get": {"summary": "Redis reachable", "security": [],
                                "responses": {"200": _ok("healthy"),
@@ -119,8 +119,51 @@ CONTROL_PATHS: dict[str, Any] = {
         "delete": _control("revoke an invoke key (refused within about a second)", {
             "200": _ok("revoked"), "404": _error("no such key")}),
     },
+    "/v1/deployments/{name}/series": {
+        "parameters": [NAME],
+        "get": _control("the dashboard's charts: req/s, p50/p99, replicas, queue, utilization "
+                        "and learned limit over a window, with that window's decisions", {
+                            "200": _ok("columns (one list per series, t in epoch seconds), "
+                                       "step_s, targets and events"),
+                            "400": _error("bad window"), "404": _error("no such deployment")},
+                        parameters=[{"name": "window", "in": "query",
+                                     "schema": {"enum": ["10m", "1h", "24h"]}}]),
+    },
     "/v1/hosts": {"get": _control("live host agents and their capacity",
                                   {"200": _ok("hosts")})},
+    "/v1/ui/login-links": {"post": _control(
+        "a one-time dashboard sign-in link (works once, for 60 s); the token only", {
+            "201": _ok("path (relative to the platform) and expires_in_s"),
+            "403": _error("asked with a dashboard session instead of the token")},
+        security=[{"token": []}])},
+}
+
+_HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
+_PAGE = {"get": {"summary": "dashboard page (the sign-in page, 401, without a session)",
+                 "tags": ["dashboard"], "security": [{"session": []}], "responses": {
+                     "200": {"description": "the page", **_HTML},
+                     "401": {"description": "the sign-in page", **_HTML}}}}
+UI_PATHS: dict[str, Any] = {
+    "/": {"get": {"summary": "redirect to the dashboard", "tags": ["dashboard"],
+                  "security": [], "responses": {"302": {"description": "to /ui/"}}}},
+    "/ui": {"get": {"summary": "redirect to /ui/", "tags": ["dashboard"], "security": [],
+                    "responses": {"302": {"description": "to /ui/"}}}},
+    "/ui/": _PAGE, "/ui/hosts": _PAGE,
+    "/ui/endpoints/{name}": {"parameters": [NAME], **_PAGE},
+    "/ui/login": {"get": {
+        "summary": "redeem a one-time link: set the session cookie, go to /ui/",
+        "tags": ["dashboard"], "security": [],
+        "parameters": [{"name": "code", "in": "query", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"303": {"description": "signed in (Set-Cookie), to /ui/"},
+                      "401": {"description": "used or expired link: the sign-in page",
+                              **_HTML}}}},
+    "/ui/logout": {"post": {
+        "summary": "end the session", "tags": ["dashboard"], "security": [{"session": []}],
+        "parameters": [{"name": "X-Lowtide-CSRF", "in": "header", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "signed out"},
+                      "403": _error("missing CSRF token or foreign Origin")}}},
 }
 
 INVOKE_PATHS: dict[str, Any] = {
@@ -177,6 +220,9 @@ COMPONENTS = {
     "securitySchemes": {
         "token": {"type": "http", "scheme": "bearer",
                   "description": "the control-plane token (`lowtide up` writes it)"},
+        "session": {"type": "apiKey", "in": "cookie", "name": "lowtide_session",
+                    "description": "a dashboard session (`lowtide dashboard`); the control "
+                    "plane's GETs take it too, other methods also need X-Lowtide-CSRF"},
         "invokeKey": {"type": "http", "scheme": "bearer", "description": (
             f"an invoke key of the endpoint ({KEY_PATTERN.pattern}); only for endpoints whose "
             "access is 'key'")},
@@ -220,7 +266,8 @@ COMPONENTS = {
 
 def document(component: str = "platform") -> dict[str, Any]:
     """The platform's document (both APIs) or the activator's (its part)."""
-    paths = {**CONTROL_PATHS, **INVOKE_PATHS} if component == "platform" else dict(INVOKE_PATHS)
+    paths = ({**CONTROL_PATHS, **INVOKE_PATHS, **UI_PATHS} if component == "platform"
+             else dict(INVOKE_PATHS))
     return {
         "openapi": "3.1.0",
         "info": {"title": f"lowtide {component}", "version": "1",

@@ -36,7 +36,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from .. import _keys
+from .. import _keys, _latency
 from .._auth import check_invoke
 from .._http import (
     BadRequest,
@@ -124,6 +124,7 @@ class Activator:
         self.replies = ReplyHub(redis, self.id)
         self.upstreams = Upstreams()  # keep-alive connections to replicas, by address
         self._arrivals: dict[str, int] = defaultdict(int)
+        self._latencies: dict[str, dict[int, int]] = {}  # name -> bucket -> answered calls
         self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
         self.backlog = Backlog(settings.max_queued)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -138,7 +139,8 @@ class Activator:
             self.upstreams.keep_only({r.address for e in self.routes.endpoints.values()
                                       for r in e.replicas.values()})
             arrivals, self._arrivals = self._arrivals, defaultdict(int)
-            if not arrivals:
+            latencies, self._latencies = self._latencies, {}
+            if not arrivals and not latencies:
                 continue
             now = time.time()
             try:
@@ -146,11 +148,16 @@ class Activator:
                     for name, n in arrivals.items():
                         pipe.hincrby(_keys.stats(name), "requests", n)
                         pipe.hset(_keys.stats(name), "last_request_at", now)
+                    for name, counts in latencies.items():
+                        for bucket, n in counts.items():
+                            pipe.hincrby(_keys.latency(name), str(bucket), n)
                     await pipe.execute()
             except RedisError as exc:
                 log.warning("could not flush request counters: %s", exc)
                 for name, n in arrivals.items():
                     self._arrivals[name] += n
+                for name, counts in latencies.items():
+                    _latency.merge(self._latencies.setdefault(name, {}), counts)
 
     # ---- handlers ---------------------------------------------------------------------
     async def invoke(self, request: web.Request) -> web.StreamResponse:
@@ -177,7 +184,11 @@ class Activator:
             path = "buffered"
             result = await self._buffer_and_wait(endpoint, call)
         REQUESTS.labels(name, path, str(result.status)).inc()
-        LATENCY.labels(path).observe(time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        LATENCY.labels(path).observe(elapsed_s)
+        counts = self._latencies.setdefault(name, {})
+        bucket = _latency.bucket_of(elapsed_s)
+        counts[bucket] = counts.get(bucket, 0) + 1
         return web.Response(status=result.status, body=result.body,
                             headers={"Content-Type": result.content_type})
 

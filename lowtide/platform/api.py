@@ -19,6 +19,7 @@ from .._http import (
     Conflict,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     add_health_routes,
     errors_middleware,
     json_response,
@@ -28,22 +29,39 @@ from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import logs as replica_logs
-from . import state
+from . import series, state, ui
+from .observe import add_observe_routes
+from .overview import endpoint_state, last_failure
 from .replicas import BUSY_CORES
 from .scaler import Scaler
+from .series import SeriesRecorder
 from .settings import PlatformSettings
+from .ui import sessions
 
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/metrics", "/openapi.json"})
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Everything but PUBLIC_PATHS needs the token (an unknown path too: no probing)."""
-    if request.path not in PUBLIC_PATHS:
-        _auth.check_token(request.headers.get("Authorization"), request.app["token_digest"])
+    """Everything but PUBLIC_PATHS needs the token (an unknown path too: no probing) or a
+    dashboard session (its cookie; with the CSRF token to change state). The dashboard's
+    pages check the session themselves (no session: the sign-in page)."""
+    if request.path in PUBLIC_PATHS or ui.is_ui_path(request.path):
+        return await handler(request)
+    cookie = request.cookies.get(sessions.COOKIE)
+    if cookie is not None and "Authorization" not in request.headers:
+        session = await sessions.lookup(request.app["redis"], cookie)
+        if session is None:
+            raise Unauthorized("the dashboard session has expired; sign in again with "
+                               "`lowtide dashboard`")
+        sessions.check_csrf(request.method, request.host, request.headers.get("Origin"),
+                            request.headers.get(sessions.CSRF_HEADER), session)
+        request["session"] = session
+        return await handler(request)
+    _auth.check_token(request.headers.get("Authorization"), request.app["token_digest"])
     return await handler(request)
 
 
@@ -94,10 +112,12 @@ async def _read_parts(request: web.Request, max_artifact_bytes: int) -> tuple[An
 
 
 class PlatformAPI:
-    def __init__(self, settings: PlatformSettings, redis: Redis, scaler: Scaler) -> None:
+    def __init__(self, settings: PlatformSettings, redis: Redis, scaler: Scaler,
+                 recorder: SeriesRecorder) -> None:
         self.settings = settings
         self.redis = redis
         self.scaler = scaler
+        self.recorder = recorder
 
     def url_of(self, name: str) -> str:
         return f"{self.settings.public_activator_url.rstrip('/')}/fn/{name}"
@@ -189,17 +209,25 @@ class PlatformAPI:
         keep_alive = policy.keep_alive()
         daily = policy.daily_pattern(now)
         cpu, gpu = state.replica_cpu_cores(hosts), state.replica_gpu(hosts)
+        ready = sum(1 for r in current if r.state == "ready" and r.alive)
+        starting = sum(1 for r in current if r.state == "starting")
+        now_state = endpoint_state(dep.desired, ready, starting, self.scaler.unplaced(name),
+                                   last_failure(await state.read_events(self.redis, name, 5),
+                                                now))
         return {
             "name": name,
             "url": self.url_of(name),
             "version": dep.version,
+            "state": now_state.state,
+            "state_reason": now_state.reason,
+            "traffic": self.recorder.recent(name),
             "spec": dep.spec.to_dict(),
             "created_at": dep.created_at,
             "updated_at": dep.updated_at,
             "replicas": {
-                "ready": sum(1 for r in current if r.state == "ready" and r.alive),
+                "ready": ready,
                 "desired": dep.desired,
-                "starting": sum(1 for r in current if r.state == "starting"),
+                "starting": starting,
                 "stopping": sum(1 for r in replicas if r.state == "stopping"),
                 "items": [_replica_view(r, now, cpu.get(r.id), gpu.get(r.id))
                           for r in replicas],
@@ -234,6 +262,8 @@ class PlatformAPI:
             else:
                 await state.remove_replica(self.redis, name, r.id)
         answered = await self._answer_queued(name)
+        await series.delete(self.redis, name)
+        self.recorder.forget(name)
         await state.record_event(self.redis, name, "delete",
                                  f"deleted; {answered} buffered request(s) answered 404",
                                  frm=dep.desired, to=0)
@@ -422,7 +452,12 @@ def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None,
             "startup": r.extra.get("startup")}
 
 
-def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.Application:
+async def _to_dashboard(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui/")
+
+
+def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
+              recorder: SeriesRecorder | None = None) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=settings.max_artifact_bytes + (1 << 20),
@@ -430,7 +465,8 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.A
     app["token_digest"] = bytes.fromhex(settings.token_sha256)
     app["redis"] = redis
     app["max_body_bytes"] = settings.max_artifact_bytes
-    api = PlatformAPI(settings, redis, scaler)
+    recorder = recorder or SeriesRecorder(redis)
+    api = PlatformAPI(settings, redis, scaler, recorder)
     app.router.add_post("/v1/deployments", api.create)
     app.router.add_get("/v1/deployments", api.list)
     app.router.add_get("/v1/deployments/{name}", api.get)
@@ -442,6 +478,9 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler) -> web.A
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
     app.router.add_get("/v1/hosts", api.hosts)
+    add_observe_routes(app, redis, recorder, scaler.settings.policy())
+    ui.add_ui_routes(app, redis)
+    app.router.add_get("/", _to_dashboard)
     add_health_routes(app, "platform")
     add_openapi_route(app)
     return app

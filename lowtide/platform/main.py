@@ -9,6 +9,7 @@ from .._redis import async_redis, sync_redis
 from .._run import serve_app, supervise
 from .api import build_app
 from .scaler import Scaler, ScalerSettings
+from .series import SeriesRecorder
 from .settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,15 @@ async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     sync = sync_redis(settings.redis_url)
     scaler = Scaler(redis, sync, ScalerSettings(keep_alive_s=settings.keep_alive_s,
                                                 keep_alive_bin_s=settings.keep_alive_bin_s))
-    runner = await serve_app(build_app(settings, redis, scaler), settings.host, settings.port)
+    recorder = SeriesRecorder(redis)
+    scaler.observed = recorder.observe
+    runner = await serve_app(build_app(settings, redis, scaler, recorder), settings.host,
+                             settings.port)
     log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
              "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")
     try:
-        await supervise(stop, [asyncio.create_task(scaler.run(stop), name="scaler")])
+        await supervise(stop, [asyncio.create_task(scaler.run(stop), name="scaler"),
+                               asyncio.create_task(recorder.run(stop), name="series")])
     finally:
         await runner.cleanup()
         await redis.aclose()

@@ -74,6 +74,8 @@ class Scaler:
         self._born: dict[str, float] = {}  # name -> created_at of the deployment its policy is for
         self._saved: dict[str, str] = {}  # name -> learned state as last written (or read)
         self._save_due: dict[str, float] = {}  # name -> when its learned state is looked at
+        # told every look at an endpoint (the dashboard's series recorder); memory only
+        self.observed: Callable[[str, Observation, Decision, float], None] | None = None
 
     def policy(self, name: str) -> Autoscaler:
         if name not in self._policies:
@@ -223,6 +225,8 @@ class Scaler:
         current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
         obs = await self._observe(dep, current, hosts, now)
         decision = policy.decide(obs, now)
+        if self.observed is not None:
+            self.observed(name, obs, decision, now)
         if decision.changed(dep.desired):
             await self._record(dep, decision, obs, now)
         await self.replicas.converge(dep, current, decision.desired, now)
