@@ -201,6 +201,7 @@ def _print_ready(config: ClusterConfig, settings: UpSettings) -> None:
         "lowtide is up",
         f"  invoke URLs   {config.activator_url}/fn/NAME",
         f"  platform API  {config.platform_url}/v1/deployments",
+        f"  dashboard     {config.platform_url}/ui/  (`lowtide dashboard` opens it signed in)",
         f"  redis         {config.redis_url}",
         f"  keep-alive    {keep_alive}",
         f"  config        {settings.home / 'config.json'} (token and URLs for the SDK and CLI)",

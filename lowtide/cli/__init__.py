@@ -5,7 +5,7 @@ User commands talk to a running cluster (`deploy`, `ls`, `status`, `invoke`, `lo
 Flags default to LOWTIDE_* environment variables, read here once and nowhere deeper.
 
 One module per command group: `components` (run a part of a cluster), `manage` (deploy, list,
-delete), `observe` (status, invoke, logs), `access` (invoke keys, access mode). Each has
+delete), `observe` (status, invoke, logs, dashboard), `access` (invoke keys, access mode). Each has
 `add_parsers(sub, env)` and a `COMMANDS` table; this module assembles them.
 """
 

@@ -24,6 +24,10 @@ def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
                     help="submit and print the request id")
     iv.add_argument("--key", default=env_value(env, "LOWTIDE_KEY", ""),
                     help="invoke key, for an endpoint whose access is 'key' (env LOWTIDE_KEY)")
+    db = sub.add_parser("dashboard", help="open the web dashboard, signed in (a one-time "
+                        "link; the token never goes into the browser)")
+    db.add_argument("--url", action="store_true",
+                    help="print the one-time link instead (for a remote browser or a script)")
     lg = sub.add_parser("logs", help="replica output of an endpoint")
     lg.add_argument("name")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -167,4 +171,21 @@ def cmd_logs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             return 0
 
 
-COMMANDS = {"status": cmd_status, "invoke": cmd_invoke, "logs": cmd_logs}
+def cmd_dashboard(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    import webbrowser
+
+    link = sdk_client().dashboard_link()
+    if args.url:
+        print(link)
+        return 0
+    if not webbrowser.open(link):
+        print(f"no browser found here; open this one-time link (it works once, within a "
+              f"minute):\n{link}")
+        return 0
+    print("dashboard opened in your browser (signed in through a one-time link); "
+          "`lowtide dashboard --url` prints a link instead")
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "invoke": cmd_invoke, "logs": cmd_logs,
+            "dashboard": cmd_dashboard}

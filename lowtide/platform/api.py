@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
@@ -30,6 +30,7 @@ from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import logs as replica_logs
 from . import series, state, ui
+from .metrics import SeriesCollector
 from .observe import add_observe_routes
 from .overview import endpoint_state, last_failure
 from .replicas import BUSY_CORES
@@ -481,7 +482,9 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     add_observe_routes(app, redis, recorder, scaler.settings.policy())
     ui.add_ui_routes(app, redis)
     app.router.add_get("/", _to_dashboard)
-    add_health_routes(app, "platform")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SeriesCollector(recorder))
+    add_health_routes(app, "platform", registry)
     add_openapi_route(app)
     return app
 

@@ -258,6 +258,10 @@ class SeriesRecorder:
             points.append(partial)
         return {"window": tier.name, "step_s": tier.step_s, "columns": columns(points)}
 
+    def looks(self) -> dict[str, dict[str, float | None]]:
+        """The last look at each endpoint in view."""
+        return {name: ep.look for name, ep in list(self._endpoints.items())}
+
     def forget(self, name: str) -> None:
         self._endpoints.pop(name, None)
 

@@ -176,6 +176,16 @@ class Client:
     def delete(self, name: str) -> dict[str, Any]:
         return dict(self._api("DELETE", f"/v1/deployments/{name}"))
 
+    def series(self, name: str, window: str = "1h") -> dict[str, Any]:
+        """The dashboard's chart data of an endpoint: columns, step_s, targets, events."""
+        return dict(self._api("GET", f"/v1/deployments/{name}/series",
+                              params={"window": window}))
+
+    def dashboard_link(self) -> str:
+        """A one-time dashboard sign-in URL: it works once, for about a minute."""
+        link = self._api("POST", "/v1/ui/login-links")
+        return f"{self.config.platform_url.rstrip('/')}{link['path']}"
+
     # ---- data plane -------------------------------------------------------------------
     def _post(self, url: str, content_type: str, body: bytes, timeout_s: float,
               params: dict[str, str] | None = None, key: str | None = None) -> httpx.Response:

@@ -18,6 +18,7 @@
   const dur = (s) => s == null ? "–" : s < 60 ? num(s) + " s" : s < 3600 ? num(s / 60) + " min" : num(s / 3600) + " h";
   const bytes = (b) => b == null ? "–" : b >= 2 ** 30 ? num(b / 2 ** 30) + " GiB" : num(b / 2 ** 20) + " MiB";
   const pct = (f) => f == null ? "–" : Math.round(f * 100) + " %";
+  const clockShort = (t) => new Date(t * 1000).toLocaleTimeString([], {hour12: false, hour: "2-digit", minute: "2-digit"});
   const clock = (t) => new Date(t * 1000).toLocaleTimeString([], {hour12: false});
   const badge = (state, why) => `<span class="badge ${esc(state)}" title="${esc(why)}">${esc(state)}</span>`;
 
@@ -117,7 +118,7 @@
   const COLORS = {a: "#0f7c8c", b: "#cf222e", c: "#8250df", d: "#d4a72c", e: "#6b7280"};
   const CHARTS = [
     {id: "rps", title: "Requests/s", series: [["rps", "req/s", COLORS.a]]},
-    {id: "lat", title: "Latency", unit: "ms", series: [["p50_ms", "p50 ms", COLORS.a], ["p99_ms", "p99 ms", COLORS.b]]},
+    {id: "lat", title: "Latency (log scale)", unit: "ms", series: [["p50_ms", "p50 ms", COLORS.a], ["p99_ms", "p99 ms", COLORS.b]]},
     {id: "rep", title: "Replicas", step: true, series: [["ready", "ready", COLORS.a], ["desired", "desired", COLORS.c, [6, 4]]]},
     {id: "queue", title: "Queue", series: [["queued", "queued", COLORS.d], ["oldest_wait_s", "oldest wait s", COLORS.b, null, "y2"]]},
     {id: "util", title: "Utilization vs target", series: [["cpu", "CPU", COLORS.a], ["gpu", "GPU", COLORS.c], ["target", "target", COLORS.e, [4, 4]]]},
@@ -125,19 +126,28 @@
   ];
 
   function markerPlugin(getEvents) {
+    // one element per decision, kept across redraws (a hovered marker stays hovered)
     function place(u) {
-      u.over.querySelectorAll(".marker").forEach((m) => m.remove());
+      const kept = u._markers || (u._markers = new Map());
       const [lo, hi] = [u.scales.x.min, u.scales.x.max];
+      const seen = new Set();
       for (const e of getEvents()) {
         if (!isDecision(e) || e.at < lo || e.at > hi) continue;
-        const m = document.createElement("div");
-        m.className = "marker" + (e.to < e.from ? " down" : "");
+        const key = e.at + ":" + e.kind;
+        seen.add(key);
+        let m = kept.get(key);
+        if (!m) {
+          m = document.createElement("div");
+          m.className = "marker" + (e.to < e.from ? " down" : "");
+          m.dataset.reason = e.reason;
+          m.addEventListener("mousemove", (ev) => showTip(ev, `<b>${clock(e.at)} · ${esc(e.kind)} ${e.from} → ${e.to}</b><br>${esc(e.reason)}`));
+          m.addEventListener("mouseleave", () => { tip.hidden = true; });
+          u.over.appendChild(m);
+          kept.set(key, m);
+        }
         m.style.left = u.valToPos(e.at, "x") + "px";
-        m.dataset.reason = e.reason;
-        m.addEventListener("mousemove", (ev) => showTip(ev, `<b>${clock(e.at)} · ${esc(e.kind)} ${e.from} → ${e.to}</b><br>${esc(e.reason)}`));
-        m.addEventListener("mouseleave", () => { tip.hidden = true; });
-        u.over.appendChild(m);
       }
+      for (const [key, m] of kept) if (!seen.has(key)) { m.remove(); kept.delete(key); }
     }
     return {hooks: {draw: [place]}};
   }
@@ -189,11 +199,21 @@
           spanGaps: false, points: {show: false},
           value: (u, v) => v == null ? "–" : key === "cpu" || key === "gpu" || key === "target" ? pct(v) : num(v, 2)});
       }
-      const axes = [{stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}},
-        {stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, size: 48,
-         values: c.id === "util" ? (u, vs) => vs.map((v) => Math.round(v * 100) + "%") : undefined}];
+      const yValues = c.id === "util" ? (u, vs) => vs.map((v) => Math.round(v * 100) + "%") :
+        c.id === "lat" ? (u, vs) => vs.map((v) => v >= 1000 ? num(v / 1000) + " s" : num(v) + " ms") :
+        (u, vs) => vs.map((v) => num(v));
+      const logSplits = (u, i, lo, hi) => {
+        const out = [];
+        for (let p = Math.floor(Math.log10(Math.max(lo, 0.01))); 10 ** p <= hi * 1.0001; p++) out.push(10 ** p);
+        return out;
+      };
+      const axes = [{stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"},
+        values: (u, vs) => vs.map((v) => v == null ? "" : clockShort(v))},
+        {stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, size: 56, values: yValues,
+         splits: c.id === "lat" ? logSplits : undefined}];
       if (c.series.some((s) => s[4] === "y2")) axes.push({scale: "y2", side: 1, stroke: "#cf222e", grid: {show: false}, size: 44});
-      const scales = {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max(hi * 1.1, c.id === "util" ? 1 : c.id === "rep" || c.id === "limit" ? 2 : 1)]}};
+      const scales = {x: {time: true}, y: c.id === "lat" ? {distr: 3, log: 10} :
+        {range: (u, lo, hi) => [0, Math.max(hi * 1.1, c.id === "util" ? 1 : c.id === "rep" || c.id === "limit" ? 2 : 1)]}};
       if (axes.length > 2) scales.y2 = {range: (u, lo, hi) => [0, Math.max(hi * 1.1, 1)]};
       const opts = {width, height: 190, series, axes, scales, cursor: {drag: {x: false, y: false}},
         legend: {live: true}, plugins: [markerPlugin(() => events)]};
@@ -212,11 +232,10 @@
         else charts[c.id].setData(arr, false);
         charts[c.id].setScale("x", {min: now - span, max: now});
       }
-      const decisions = events.filter(isDecision).slice().reverse();
-      const others = events.filter((e) => !isDecision(e)).slice().reverse();
+      const newest = events.slice().reverse();
       document.getElementById("events").innerHTML = !events.length ? `<div class="panel empty">No decisions in this window.</div>` :
         `<table class="grid events" id="decisions"><thead><tr><th>When</th><th>Kind</th><th class="num">Replicas</th><th>Reason</th></tr></thead><tbody>` +
-        decisions.concat(others).slice(0, 200).map((e) => `<tr class="${isDecision(e) ? "scale" : ""}"><td class="when">${clock(e.at)}</td>
+        newest.slice(0, 200).map((e) => `<tr class="${isDecision(e) ? "scale" : ""}"><td class="when">${clock(e.at)}</td>
           <td><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span></td>
           <td class="num">${isDecision(e) ? `${e.from} → ${e.to}` : ""}</td><td class="reason">${esc(e.reason)}</td></tr>`).join("") +
         "</tbody></table>";
@@ -306,7 +325,7 @@
     const w = (v) => total ? Math.min(100, 100 * (v || 0) / total).toFixed(1) + "%" : "0";
     return `<div class="bar-row"><span class="lbl">${label}</span><div class="bar">
       ${alloc != null ? `<span class="alloc" style="width:${w(alloc)}"></span>` : ""}
-      <span class="used" style="width:${w(used)}"></span></div><span class="val">${text}</span></div>`;
+      ${used != null ? `<span class="used" style="width:${w(used)}"></span>` : ""}</div><span class="val">${text}</span></div>`;
   }
 
   function hostCard(h) {
@@ -317,9 +336,10 @@
       <span class="badge ${h.state === "live" ? "warm" : "failing"}">${esc(h.state)}</span>
       <span class="kind">${esc(h.kind)}</span><span class="muted small">${esc(h.address || "")}${h.python ? " · Python " + esc(h.python) : ""}
       ${h.last_heartbeat_age_s != null ? " · beat " + num(h.last_heartbeat_age_s) + " s ago" : ""}</span></div>
-      <div class="legend-inline"><span><i style="background:#b6e3ea"></i>allocated to replicas</span><span><i style="background:#0f7c8c"></i>in use</span></div>`;
-    out += bar("CPU", al.cpu, used, cpus, `${num(used, 1)} used · ${num(al.cpu, 2)} / ${num(cpus, 1)} alloc`);
-    out += bar("Memory", al.memory_bytes, ut.memory_used_bytes, cap.memory_bytes, `${bytes(ut.memory_used_bytes)} · ${bytes(al.memory_bytes)} / ${bytes(cap.memory_bytes)}`);
+      <div class="legend-inline"><span><i style="background:#b6e3ea"></i>booked by replicas (placement)</span><span><i style="background:#0f7c8c"></i>in use</span></div>`;
+    out += bar("CPU in use", null, used, cap.cpus, `${num(used, 1)} of ${num(cap.cpus, 0)} cores`);
+    out += bar("CPU booked", al.cpu, null, cpus, `${num(al.cpu, 2)} of ${num(cpus, 0)} schedulable${cpus > (cap.cpus || 0) ? " (" + num(cpus / cap.cpus, 0) + "x)" : ""}`);
+    out += bar("Memory", al.memory_bytes, ut.memory_used_bytes, cap.memory_bytes, `${bytes(ut.memory_used_bytes)} used · ${bytes(al.memory_bytes)} booked of ${bytes(cap.memory_bytes)}`);
     for (const g of cap.gpus || []) {
       const idx = g.index != null ? g.index : 0;
       const u = (ut.gpus || []).find((x) => x.index === idx) || {};
@@ -330,7 +350,7 @@
     const pool = load.pool;
     if (pool) {
       const workers = Array.isArray(pool) ? pool : pool.workers || [];
-      out += `<div class="bar-row"><span class="lbl">Pool</span><span class="small">${esc(poolText(pool, workers))}</span><span></span></div>`;
+      out += `<div class="bar-row"><span class="lbl">Prewarmed pool</span><span class="small">${esc(poolText(pool, workers))}</span><span></span></div>`;
     }
     const reps = h.replicas || [];
     out += `<div class="chips">${reps.length ? reps.map((r) => `<span class="chip ${esc(r.state)}" title="${esc(r.id)}">
@@ -344,7 +364,8 @@
     const parts = [];
     for (const [k, v] of Object.entries(pool)) {
       if (k === "workers" || v == null || typeof v === "object") continue;
-      parts.push(`${k.replace(/_/g, " ")} ${v}`);
+      if (k.endsWith("_bytes")) parts.push(`${k.slice(0, -6).replace(/_/g, " ")} ${bytes(v)}`);
+      else parts.push(typeof v === "number" ? `${v} ${k.replace(/_/g, " ")}` : `${k.replace(/_/g, " ")} ${v}`);
     }
     if (workers.length) parts.push(`${workers.length} worker(s)`);
     return parts.join(" · ") || "–";
