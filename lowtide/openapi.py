@@ -196,7 +196,8 @@ INVOKE_PATHS: dict[str, Any] = {
                 "413": _error("body over the limit"),
                 "415": _error("content type other than JSON or octet-stream"),
                 "429": _error("the endpoint's queue is full (Retry-After)"),
-                "500": _error("the function raised (type and message)"),
+                "500": _error("the function raised: `type`, the message in `detail`, "
+                              "`traceback` (the user's frames, at most 8000 characters)"),
                 "503": _error("Redis unreachable (Retry-After)"),
                 "504": _error("deadline exceeded"),
             },

@@ -56,9 +56,23 @@ class Overloaded(InvocationError):
 
 
 class FunctionError(InvocationError):
+    """The function raised on its replica. `exc_type` names the exception, `traceback` is
+    the remote traceback (the user's frames, bounded in size); printing the error shows it
+    below the message, as a local traceback would be shown."""
+
     @property
     def exc_type(self) -> str:
         return str(self.body.get("type", ""))
+
+    @property
+    def traceback(self) -> str:
+        return str(self.body.get("traceback") or "")
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if not self.traceback:
+            return message
+        return f"{message}\n\nRemote traceback (on the replica):\n{self.traceback}"
 
 
 class DeadlineExceeded(InvocationError):

@@ -17,6 +17,7 @@ from typing import Any
 import cloudpickle
 
 from .._protocol import JSON, OCTETS, Result, error_result, timeout_result
+from . import tracebacks
 
 CANCEL_GRACE_S = 1.0
 
@@ -100,9 +101,16 @@ def encode_value(value: Any) -> Result:
 
 
 def raised(exc: BaseException) -> Result:
-    return error_result(
-        500, "function raised", f"{type(exc).__name__}: {exc}", type=type(exc).__name__
-    )
+    """The 500 answer of a function that raised: type, message and the remote traceback
+    (bounded), which also goes to the replica's output for `lowtide logs`."""
+    text = tracebacks.format_remote(exc)
+    tracebacks.log_remote(text)
+    try:
+        message = tracebacks.bound_text(f"{type(exc).__name__}: {exc}", 2000)
+    except Exception:  # an exception whose __str__ raises
+        message = type(exc).__name__
+    return error_result(500, "function raised", message, type=type(exc).__name__,
+                        traceback=text)
 
 
 def queue_expired_result(late_s: float) -> Result:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+import lowtide
 from lowtide import Client
 from tests.conftest import RunningCluster, wait_for
 
@@ -94,3 +95,31 @@ def test_a_function_that_cannot_load_says_so(client: Client, unique_name: str) -
     text = wait_for(reported, 60, "the load failure in the logs")
     assert not [ln for ln in text if "exited unexpectedly with code 0" in ln], text
     assert sum("Application startup failed" in ln for ln in text) == 0, text
+
+
+def test_a_remote_traceback_through_both_paths_and_the_logs(
+        client: Client, unique_name: str) -> None:
+    def parse_row(row):
+        return int(row["count"])  # KeyError for a row without "count"
+
+    def load_rows(rows):
+        return sum(parse_row(r) for r in rows)
+
+    ep = client.deploy(load_rows, name=unique_name)
+    assert ep([{"count": "2"}]) == 2  # warm now: the next call goes direct
+    with pytest.raises(lowtide.FunctionError) as direct:
+        ep([{"count": "1"}, {"n": 1}])
+    with pytest.raises(lowtide.FunctionError) as buffered:
+        ep.submit([{"oops": 1}]).result(timeout=60)  # async: through the stream
+    for err in (direct.value, buffered.value):
+        assert err.exc_type == "KeyError"
+        assert "in load_rows" in err.traceback and "in parse_row" in err.traceback
+        assert err.traceback.rstrip().endswith("KeyError: 'count'")
+        assert "Remote traceback" in str(err) and "workers/runtime.py" not in err.traceback
+
+    def logged():
+        text = "\n".join(ln["line"] for ln in client.logs(unique_name)["lines"])
+        return text if text.count("in parse_row") >= 2 else None
+
+    text = wait_for(logged, 20, "both tracebacks in the logs")
+    assert "raised:" in text

@@ -55,3 +55,42 @@ def test_after_ids_are_checked_before_redis_sees_them() -> None:
     for bad in ("$", "abc", "1-2-3", "", "1796123986032-1 "):
         with pytest.raises(BadLogId, match="'next'"):
             check_after(bad)
+
+
+def test_remote_tracebacks_are_bounded_head_and_tail() -> None:
+    from lowtide.workers.tracebacks import bound_text, format_remote
+
+    text = "A" * 5000 + "Z" * 5000
+    cut = bound_text(text, 1000)
+    assert len(cut) == 1000 and cut.startswith("A") and cut.endswith("Z")
+    assert "characters cut" in cut
+    assert bound_text("short", 1000) == "short"
+
+    def recurse(n: int) -> int:
+        return recurse(n + 1)
+
+    try:
+        recurse(0)
+    except RecursionError as exc:
+        remote = format_remote(exc, limit=4000)
+    assert len(remote) <= 4000 and remote.endswith("maximum recursion depth exceeded")
+
+
+def test_function_error_shows_the_remote_traceback() -> None:
+    from lowtide import FunctionError
+    from lowtide.workers.runtime import raised
+
+    def inner() -> None:
+        raise KeyError("missing")
+
+    try:
+        inner()
+    except KeyError as exc:
+        result = raised(exc)
+    import json
+
+    err = FunctionError(500, "function raised", "KeyError: 'missing'", json.loads(result.body))
+    shown = str(err)
+    assert shown.startswith("500 function raised: KeyError: 'missing'")
+    assert "Remote traceback" in shown and "in inner" in shown
+    assert err.traceback.endswith("KeyError: 'missing'")

@@ -251,7 +251,12 @@ async def test_execute_500_names_the_exception(fn: Callable[..., Any], exc_type:
                                                detail: str) -> None:
     result = await execute(loaded(fn), JSON, b'{"x": 1}', TIMEOUT_S)
     assert result.status == 500
-    assert body_of(result) == {"error": "function raised", "detail": detail, "type": exc_type}
+    body = body_of(result)
+    remote = body.pop("traceback")
+    assert body == {"error": "function raised", "detail": detail, "type": exc_type}
+    assert remote.startswith("Traceback (most recent call last):")
+    assert f"in {fn.__name__}" in remote and remote.endswith(detail)
+    assert "workers/runtime.py" not in remote and "concurrent" not in remote  # user frames
 
 
 async def test_execute_bad_result_is_500() -> None:
