@@ -24,6 +24,7 @@ Azure sets: a function's first request, and the part of a batch beyond what was 
 are cold whatever the policy. Wasted memory is the
 memory of every loaded replica (starting, or ready with no request) times that time.
 
+The Azure samples ship in `bench/traces/` (CC-BY 4.0; attribution in its README).
 Trace sets are subsampled to keep the run to a few minutes on 2 cores: `--functions N`
 functions drawn at random with a fixed seed from each Azure 2019 set (the same draw for every
 policy); the Azure 2021 sample is replayed whole. Per-minute counts are spread over the
@@ -55,17 +56,7 @@ from lowtide.platform.policy import (
     window_average,
 )
 
-
-def default_traces() -> Path:
-    """../shared/traces next to the checkout (a git worktree sits one level deeper)."""
-    here = Path(__file__).resolve().parent.parent
-    for base in (here.parent, here.parent.parent):
-        if (base / "shared" / "traces").is_dir():
-            return base / "shared" / "traces"
-    return here.parent / "shared" / "traces"
-
-
-TRACES = default_traces()
+TRACES = Path(__file__).resolve().parent / "traces"  # shipped samples: traces/README.md
 T0 = 19_675 * 86400.0  # the simulated epoch: a UTC midnight, so times of day read plainly
 
 
