@@ -97,3 +97,19 @@ def test_state_changes_with_a_session_need_the_csrf_token(apps: Apps) -> None:
         assert http.get("/ui/").status_code == 401
     finally:
         http.close()
+
+
+def test_the_sdk_makes_a_link_and_the_cli_prints_it(apps: Apps, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowtide.cli import main
+
+    monkeypatch.setenv("LOWTIDE_PLATFORM_URL", apps.platform_url)
+    monkeypatch.setenv("LOWTIDE_ACTIVATOR_URL", apps.activator_url)
+    monkeypatch.setenv("LOWTIDE_TOKEN", apps.token)
+    with pytest.raises(SystemExit) as done:
+        main(["dashboard", "--url"])
+    assert done.value.code == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith(f"{apps.platform_url}/ui/login?code=")
+    assert apps.token not in url
+    assert httpx.get(url).status_code == 303

@@ -79,10 +79,18 @@
   function endpointsPage() {
     main.innerHTML = `<h1>Endpoints</h1><p class="muted small">Every endpoint, live: what it
       runs, what it serves and what the platform learned. A click opens its charts and decisions.</p>
-      <div id="list"></div>`;
+      <div class="facts" id="summary"></div><div id="list"></div>`;
     const list = document.getElementById("list");
     every(1000, async () => {
       const {deployments} = await api("/v1/deployments");
+      const count = (st) => deployments.filter((d) => d.state === st).length;
+      const sum = (f) => deployments.reduce((a, d) => a + (f(d) || 0), 0);
+      const fact = (v, l) => `<div class="fact"><div class="v">${v}</div><div class="l">${l}</div></div>`;
+      document.getElementById("summary").innerHTML = fact(deployments.length, "endpoints") +
+        fact(count("warm") + count("scaling"), "serving") + fact(count("cold"), "scaled to zero") +
+        fact(count("starting"), "starting") + fact(count("failing"), "failing") +
+        fact(`${sum((d) => d.replicas.ready)} / ${sum((d) => d.replicas.desired)}`, "replicas ready / desired") +
+        fact(num(sum((d) => (d.traffic || {}).rps)), "req/s") + fact(sum((d) => d.queue.depth), "queued");
       if (!deployments.length) {
         list.innerHTML = `<div class="panel empty"><p>No endpoints yet. Deploy one:</p>
           <pre>import lowtide\nlowtide.deploy(lambda x: x * 2, name="double")</pre></div>`;
@@ -152,6 +160,14 @@
     return {hooks: {draw: [place]}};
   }
 
+  function latestLegend() {
+    // off the chart, the legend shows the newest values instead of dashes
+    const latest = (u) => {
+      if (u.cursor.idx == null && u.data[0].length) u.setLegend({idx: u.data[0].length - 1});
+    };
+    return {hooks: {setData: [latest], setCursor: [latest]}};
+  }
+
   function withGaps(cols, step) {
     // a missing step (the platform was down) breaks the line instead of bridging it
     const t = cols.t, out = {};
@@ -209,14 +225,14 @@
       };
       const axes = [{stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"},
         values: (u, vs) => vs.map((v) => v == null ? "" : clockShort(v))},
-        {stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, size: 56, values: yValues,
+        {stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, size: c.id === "lat" ? 66 : 52, values: yValues,
          splits: c.id === "lat" ? logSplits : undefined}];
       if (c.series.some((s) => s[4] === "y2")) axes.push({scale: "y2", side: 1, stroke: "#cf222e", grid: {show: false}, size: 44});
       const scales = {x: {time: true}, y: c.id === "lat" ? {distr: 3, log: 10} :
         {range: (u, lo, hi) => [0, Math.max(hi * 1.1, c.id === "util" ? 1 : c.id === "rep" || c.id === "limit" ? 2 : 1)]}};
       if (axes.length > 2) scales.y2 = {range: (u, lo, hi) => [0, Math.max(hi * 1.1, 1)]};
       const opts = {width, height: 190, series, axes, scales, cursor: {drag: {x: false, y: false}},
-        legend: {live: true}, plugins: [markerPlugin(() => events)]};
+        legend: {live: true}, plugins: [markerPlugin(() => events), latestLegend()]};
       return new uPlot(opts, cols, box);
     }
 
@@ -230,7 +246,8 @@
         const arr = [cols.t].concat(c.series.map(([key]) => cols[key] || new Array(n).fill(null)));
         if (!charts[c.id]) charts[c.id] = build(c, arr);
         else charts[c.id].setData(arr, false);
-        charts[c.id].setScale("x", {min: now - span, max: now});
+        const first = cols.t.length ? cols.t[0] - data.step_s : now - span;
+        charts[c.id].setScale("x", {min: Math.max(now - span, Math.min(first, now - 120)), max: now});
       }
       const newest = events.slice().reverse();
       document.getElementById("events").innerHTML = !events.length ? `<div class="panel empty">No decisions in this window.</div>` :
@@ -339,7 +356,7 @@
       <div class="legend-inline"><span><i style="background:#b6e3ea"></i>booked by replicas (placement)</span><span><i style="background:#0f7c8c"></i>in use</span></div>`;
     out += bar("CPU in use", null, used, cap.cpus, `${num(used, 1)} of ${num(cap.cpus, 0)} cores`);
     out += bar("CPU booked", al.cpu, null, cpus, `${num(al.cpu, 2)} of ${num(cpus, 0)} schedulable${cpus > (cap.cpus || 0) ? " (" + num(cpus / cap.cpus, 0) + "x)" : ""}`);
-    out += bar("Memory", al.memory_bytes, ut.memory_used_bytes, cap.memory_bytes, `${bytes(ut.memory_used_bytes)} used · ${bytes(al.memory_bytes)} booked of ${bytes(cap.memory_bytes)}`);
+    out += bar("Memory", al.memory_bytes, ut.memory_used_bytes, cap.memory_bytes, `${bytes(ut.memory_used_bytes)} / ${bytes(cap.memory_bytes)} · ${bytes(al.memory_bytes)} booked`);
     for (const g of cap.gpus || []) {
       const idx = g.index != null ? g.index : 0;
       const u = (ut.gpus || []).find((x) => x.index === idx) || {};
@@ -374,9 +391,16 @@
   function hostsPage() {
     main.innerHTML = `<h1>Hosts</h1><p class="muted small">Capacity, what placement allocated and what is
       in use, per host and GPU; the prewarmed pool; hosts that stopped heartbeating.</p>
-      <div class="hosts" id="hosts"></div><h2>Lost hosts</h2><div id="lost"></div>`;
+      <div class="facts" id="summary"></div><div class="hosts" id="hosts"></div><h2>Lost hosts</h2><div id="lost"></div>`;
     every(2000, async () => {
       const {hosts, lost} = await api("/v1/hosts");
+      const sum = (f) => hosts.reduce((a, h) => a + (f(h) || 0), 0);
+      const fact = (v, l) => `<div class="fact"><div class="v">${v}</div><div class="l">${l}</div></div>`;
+      const gpus = sum((h) => (h.capacity.gpus || []).length);
+      document.getElementById("summary").innerHTML = fact(hosts.length, "live hosts") + fact(lost.length, "lost") +
+        fact(num(sum((h) => h.capacity.cpus), 0), "cores") + fact(num(sum((h) => h.allocated.cpu), 2), "cores booked") +
+        fact(bytes(sum((h) => h.capacity.memory_bytes)), "memory") + fact(`${sum((h) => h.allocated.gpus.length)} / ${gpus}`, "GPUs booked") +
+        fact(sum((h) => (h.replicas || []).length), "replicas") + fact(sum((h) => ((h.load || {}).pool || {}).ready), "pool workers ready");
       document.getElementById("hosts").innerHTML = hosts.length ? hosts.map(hostCard).join("") :
         `<div class="panel empty">No live host agents. Start one: <code>lowtide agent</code></div>`;
       document.getElementById("lost").innerHTML = lost.length ?
