@@ -189,12 +189,13 @@ def test_replicas_are_pinned_to_their_gpus(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("BENTOML_HOME", "unset")  # the agent sets it; restored after
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
     agent = Agent(AgentSettings("redis://127.0.0.1:1", tmp_path, pool=False, gpus=False))
-    assert agent._gpu_env(()) == {}  # a CPU host: the environment is left alone
-    agent.gpus = Gpus(None, [0, 1], [GpuInfo(0, "H100", 80 * GI), GpuInfo(1, "H100", 80 * GI)])
-    assert agent._gpu_env((1,)) == {"CUDA_VISIBLE_DEVICES": "1",
+    sup = agent.supervisor
+    assert sup.gpu_env(()) == {}  # a CPU host: the environment is left alone
+    sup.gpus = Gpus(None, [0, 1], [GpuInfo(0, "H100", 80 * GI), GpuInfo(1, "H100", 80 * GI)])
+    assert sup.gpu_env((1,)) == {"CUDA_VISIBLE_DEVICES": "1",
                                     "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    assert agent._gpu_env((0, 1))["CUDA_VISIBLE_DEVICES"] == "0,1"
-    assert agent._gpu_env(())["CUDA_VISIBLE_DEVICES"] == ""  # CPU work on a GPU host: none
+    assert sup.gpu_env((0, 1))["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert sup.gpu_env(())["CUDA_VISIBLE_DEVICES"] == ""  # CPU work on a GPU host: none
 
 
 def test_agent_settings_refuse_bad_overcommit(tmp_path: Path) -> None:

@@ -1,0 +1,33 @@
+"""A host agent's settings (shared by the agent and its replica supervisor)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    redis_url: str
+    home: Path
+    host_id: str = field(default_factory=lambda: socket.gethostname())
+    advertise_address: str = "127.0.0.1"
+    bind_host: str = "127.0.0.1"
+    stop_grace_s: float = 10.0
+    port: int = 8082  # /healthz and /metrics; 0 picks a free port
+    pool: bool = True  # keep prewarmed generic workers for fast cold starts
+    labels: dict[str, str] = field(default_factory=dict)
+    # schedulable cores = cores x this: CPU time is shared (replicas learn their concurrency
+    # and the autoscaler watches CPU), memory and GPUs are never overcommitted
+    cpu_overcommit: float = 4.0
+    gpus: bool = True  # probe GPUs with NVML; False: a CPU host whatever is installed
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.cpu_overcommit <= 64.0:
+            raise ValueError(f"cpu_overcommit={self.cpu_overcommit!r} must be in [1, 64] "
+                             "(LOWTIDE_CPU_OVERCOMMIT / --cpu-overcommit)")
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"

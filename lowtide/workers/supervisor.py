@@ -1,0 +1,396 @@
+"""A host's replica supervisor: starts replicas (a prewarmed pool worker specialized, or the
+full path: build the Bento and serve it), stops them, reaps the ones that exit, reports
+crashes, and files each replica's output in its endpoint's log stream.
+
+Threads, not asyncio: it is driven by the agent's rq job thread (start, stop) and its main
+loop (reap, orphans, pool upkeep); each replica has one log-pump thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from prometheus_client import Counter, Gauge
+from redis import Redis
+from redis.exceptions import RedisError
+
+from .. import _keys
+from .._redisserver import free_port
+from . import bento, replica_log
+from .pool import PoolPolicy, PoolWorker, WarmPool
+from .procs import die_with_parent_hook, stop_group
+from .resources import Gpus
+from .settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+REPLICAS = Gauge("lowtide_agent_replicas", "Replica processes running on this host")
+STARTS = Counter("lowtide_agent_replica_starts_total", "Replicas started", ["path"])
+CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited unasked")
+
+LOG_STREAM_MAXLEN = 5000
+TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
+ORPHAN_GRACE_S = 15.0  # a replica this old whose record is gone was dropped by the platform
+# BentoML records an OpenTelemetry span per request even when it samples none: about a fifth
+# of a trivial function's CPU in the replica. Off unless the agent's environment turns it on
+# (OTEL_SDK_DISABLED=false, with BentoML's tracing configured).
+WORKER_ENV_DEFAULTS = {"OTEL_SDK_DISABLED": "true"}
+
+
+@dataclass
+class ReplicaProcess:
+    endpoint: str
+    version: int
+    replica_id: str
+    address: str
+    proc: subprocess.Popen[bytes]
+    started_at: float
+    gpus: tuple[int, ...] = ()
+    stopping: bool = False
+    pump: threading.Thread | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+
+class ReplicaSupervisor:
+    """The replica processes of one host (pool workers included) and their lifecycle."""
+
+    def __init__(self, settings: AgentSettings, redis: Redis, gpus: Gpus) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.gpus = gpus
+        self.replicas: dict[str, ReplicaProcess] = {}
+        self._lock = threading.Lock()
+        self._build_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._stopping = False
+        self.pool = (WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool
+                     else None)
+
+    # ---- state the agent reports ------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return len(self.replicas)
+
+    def replica_pids(self) -> dict[str, int]:
+        """Serving replicas (idle pool workers left out) -> their process ids."""
+        with self._lock:
+            return {r.replica_id: r.proc.pid for r in self.replicas.values() if r.endpoint}
+
+    def pool_status(self) -> dict[str, int]:
+        if self.pool is None:
+            return {"ready": 0, "starting": 0, "idle_memory_bytes": 0}
+        ready, starting = self.pool.size()
+        return {"ready": ready, "starting": starting,
+                "idle_memory_bytes": self.pool.idle_memory_bytes()}
+
+    def maintain_pool(self) -> None:
+        if self.pool is not None and not self._stopping:
+            self.pool.maintain()
+
+    def shutdown(self) -> None:
+        """Refuse new starts, then stop every replica and pool worker (in parallel)."""
+        with self._lock:
+            self._stopping = True  # from now on start jobs are refused
+            replicas = list(self.replicas.values())
+        if self.pool is not None:
+            self.pool.stop_all()
+        threads = [threading.Thread(target=self._stop_process, args=(r,)) for r in replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.reap()
+
+    # ---- starting and stopping --------------------------------------------------------
+    def build(self, endpoint: str, version: int) -> bento.BuiltBento:
+        with self._lock:
+            lock = self._build_locks.setdefault((endpoint, version), threading.Lock())
+        with lock:
+            found = bento.find_bento(endpoint, version)
+            if found is not None:
+                self.redis.set(_keys.build_state(endpoint, version, self.settings.host_id),
+                               "ready", ex=86400)
+                return found
+            artifact = self.redis.get(_keys.artifact(endpoint, version))
+            spec_raw = self.redis.hget(_keys.deployment(endpoint), "spec")
+            if artifact is None or spec_raw is None:
+                raise LookupError(f"deployment {endpoint} v{version} is gone")
+            spec = json.loads(spec_raw)
+            key = _keys.build_state(endpoint, version, self.settings.host_id)
+            self.redis.set(key, "building", ex=86400)
+            try:
+                built = bento.build_bento(endpoint, version, artifact,
+                                          spec.get("requirements", []))
+            except Exception as exc:
+                self.redis.set(key, f"failed: {type(exc).__name__}: {exc}", ex=86400)
+                raise
+            self.redis.set(key, "ready", ex=86400)
+            return built
+
+    def start_replica(self, endpoint: str, version: int, replica_id: str,
+                      gpus: list[int] | None = None) -> str:
+        """Start a replica; `gpus` are the indices placement assigned to it (pinned with
+        CUDA_VISIBLE_DEVICES; such a replica takes the full path: pool workers see no GPU)."""
+        if self._stopping:
+            raise RuntimeError(f"agent {self.settings.host_id} is stopping")
+        spawned_at = time.time()
+        spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
+        requirements = spec.get("requirements", [])
+        if gpus:
+            known = {g.index for g in self.gpus.info}
+            if not set(gpus) <= known:
+                raise RuntimeError(f"host {self.settings.host_id} has no GPU "
+                                   f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
+            return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
+                                    tuple(gpus))
+        if self.pool is not None:
+            self.pool.note_cold_start()
+            if not bento.unsatisfied(requirements):
+                worker = self.pool.take()
+                if worker is not None:
+                    return self._specialize(worker, endpoint, version, replica_id, spawned_at)
+        return self._start_full(endpoint, version, replica_id, requirements, spawned_at)
+
+    def _artifact_file(self, endpoint: str, version: int) -> Path:
+        path = self.settings.home / "artifacts" / f"{endpoint}-v{version}.pkl"
+        if not path.exists():
+            artifact = self.redis.get(_keys.artifact(endpoint, version))
+            if artifact is None:
+                raise LookupError(f"deployment {endpoint} v{version} is gone")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(artifact)
+            tmp.replace(path)
+        return path
+
+    def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
+                    spawned_at: float) -> str:
+        """Fast path: hand the function to a prewarmed worker."""
+        rp = worker.extra["rp"]
+        assert isinstance(rp, ReplicaProcess)
+        rp.endpoint, rp.version, rp.replica_id = endpoint, version, replica_id
+        body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
+                "replica_id": replica_id, "address": worker.address,
+                "artifact": str(self._artifact_file(endpoint, version)),
+                "spawned_at": spawned_at}
+        with self._lock:
+            self.replicas[replica_id] = rp
+            REPLICAS.set(len(self.replicas))
+        try:
+            r = httpx.post(f"http://{worker.address}/lt/specialize", json=body, timeout=60)
+        except httpx.HTTPError as exc:
+            self._stop_process(rp)
+            raise RuntimeError(f"specializing a pool worker failed: {exc}") from exc
+        if r.status_code != 200:
+            self._stop_process(rp)
+            try:
+                detail = r.json().get("detail") or r.text
+            except ValueError:
+                detail = r.text
+            self._log_line(rp, f"[lowtide] the replica cannot start: {detail[:500]}")
+            raise RuntimeError(detail[:500])
+        STARTS.labels("pool").inc()
+        log.info("specialized pool worker %s as replica %s of %s v%d in %.0f ms",
+                 worker.address, replica_id, endpoint, version,
+                 (time.time() - spawned_at) * 1000)
+        return worker.address
+
+    def _spawn_pool_worker(self) -> PoolWorker:
+        s = self.settings
+        port = free_port(s.bind_host)
+        env = {**WORKER_ENV_DEFAULTS, **os.environ, "LOWTIDE_POOL": "1",
+               "LOWTIDE_REDIS_URL": s.redis_url,
+               "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
+               **self.gpu_env(())}
+        cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
+               "--host", s.bind_host, "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+            cwd=str(s.home),
+        )
+        address = f"{s.advertise_address}:{port}"
+        rp = ReplicaProcess("", 0, "", address, proc, time.time())
+        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+                                   name=f"logs-pool-{port}")
+        rp.pump.start()
+        return PoolWorker(proc, address, time.time(), extra={"rp": rp})
+
+    def gpu_env(self, gpus: tuple[int, ...]) -> dict[str, str]:
+        """Pin a replica to its GPUs (NVML's PCI order, which CUDA then follows); a replica
+        without GPUs on a GPU host sees none, so whole GPUs stay whole."""
+        if not gpus and not self.gpus.info:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+    def _start_full(self, endpoint: str, version: int, replica_id: str,
+                    requirements: list[str], spawned_at: float,
+                    gpus: tuple[int, ...] = ()) -> str:
+        """Full path: build the Bento (once per host and version) and serve it."""
+        built = self.build(endpoint, version)
+        python = bento.ensure_python(requirements, self.settings.home / "envs")
+        s = self.settings
+        port = free_port(s.bind_host)
+        address = f"{s.advertise_address}:{port}"
+        env = {
+            **WORKER_ENV_DEFAULTS,
+            **os.environ,
+            "LOWTIDE_REDIS_URL": s.redis_url,
+            "LOWTIDE_ENDPOINT": endpoint,
+            "LOWTIDE_VERSION": str(version),
+            "LOWTIDE_REPLICA_ID": replica_id,
+            "LOWTIDE_ADDRESS": address,
+            "LOWTIDE_ARTIFACT": str(built.artifact_path),
+            "BENTOML_HOME": str(s.bentoml_home),
+            "PYTHONUNBUFFERED": "1",
+            "LOWTIDE_START_PATH": "full",
+            "LOWTIDE_SPAWNED_AT": repr(spawned_at),
+            **self.gpu_env(gpus),
+        }
+        cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
+               "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+        )
+        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus)
+        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+                                   name=f"logs-{replica_id}")
+        rp.pump.start()
+        with self._lock:
+            stopping = self._stopping
+            self.replicas[replica_id] = rp
+            REPLICAS.set(len(self.replicas))
+        STARTS.labels("full").inc()
+        if stopping:  # shutdown began while it was starting: it must not outlive us
+            self._stop_process(rp)
+            raise RuntimeError(f"agent {self.settings.host_id} is stopping")
+        log.info("started replica %s of %s v%d on %s (pid %d%s)", replica_id, endpoint,
+                 version, address, proc.pid, f", GPU {','.join(map(str, gpus))}" if gpus else "")
+        return address
+
+    def stop_replica(self, endpoint: str, replica_id: str) -> bool:
+        with self._lock:
+            rp = self.replicas.get(replica_id)
+        if rp is None:
+            self.forget(endpoint, replica_id)
+            return False
+        # drained and stopped off the job thread: a start queued behind must not wait for it;
+        # the supervision loop reaps the process and removes it from routing
+        rp.stopping = True
+        threading.Thread(target=self._stop_process, args=(rp,), name=f"stop-{replica_id}",
+                         daemon=True).start()
+        return True
+
+    # ---- supervision ------------------------------------------------------------------
+    def stop_orphans(self) -> None:
+        """Stop replicas the platform no longer knows: it dropped them while this host was
+        considered lost (no heartbeat), and their replacements run elsewhere."""
+        now = time.time()
+        with self._lock:
+            old = [r for r in self.replicas.values()
+                   if r.endpoint and not r.stopping and now - r.started_at > ORPHAN_GRACE_S]
+        if not old:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for r in old:
+                    pipe.hexists(_keys.replicas(r.endpoint), r.replica_id)
+                known = pipe.execute()
+        except RedisError as exc:
+            log.warning("cannot check for orphaned replicas: %s", exc)
+            return
+        for r, exists in zip(old, known, strict=True):
+            if not exists:
+                log.warning("stopping replica %s of %s: the platform dropped it (this host "
+                            "was considered lost)", r.replica_id, r.endpoint)
+                self.stop_replica(r.endpoint, r.replica_id)
+
+    def _stop_process(self, rp: ReplicaProcess) -> None:
+        rp.stopping = True
+        code = stop_group(rp.proc, self.settings.stop_grace_s)
+        log.info("stopped replica %s (exit %s)", rp.replica_id, code)
+
+    def reap(self) -> None:
+        with self._lock:
+            exited = [r for r in self.replicas.values() if r.proc.poll() is not None]
+            for r in exited:
+                del self.replicas[r.replica_id]
+            REPLICAS.set(len(self.replicas))
+        for r in exited:
+            if not r.stopping:
+                CRASHES.inc()
+                stop_group(r.proc, 0)  # the leader died: take the rest of its group down
+                self._log_line(r, replica_log.exit_line(r.proc.returncode, r.tail))
+                log.warning("replica %s of %s exited with code %s", r.replica_id, r.endpoint,
+                            r.proc.returncode)
+            if r.pump is not None:
+                r.pump.join(timeout=1)
+            if r.stopping or not r.endpoint:
+                self.forget(r.endpoint, r.replica_id)
+            else:
+                self._report_crash(r)
+
+    def _report_crash(self, r: ReplicaProcess) -> None:
+        """Out of routing at once; the platform reads why, records it and backs off."""
+        last = " | ".join(line.strip() for line in r.tail if line.strip())[-500:]
+        try:
+            key = _keys.replicas(r.endpoint)
+            raw = self.redis.hget(key, r.replica_id)
+            record = json.loads(raw) if raw else {"id": r.replica_id, "version": r.version,
+                                                  "host": self.settings.host_id}
+            record.update(state="crashed", exit_code=r.proc.returncode, last_output=last)
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, r.replica_id, json.dumps(record))
+                pipe.delete(_keys.replica_alive(r.replica_id))
+                pipe.publish(_keys.ROUTES_CHANNEL, r.endpoint)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("could not report the crash of %s: %s", r.replica_id, exc)
+
+    def forget(self, endpoint: str, replica_id: str) -> None:
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(_keys.replicas(endpoint), replica_id)
+                pipe.delete(_keys.replica_alive(replica_id))
+                pipe.publish(_keys.ROUTES_CHANNEL, endpoint)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("could not remove replica %s from routing: %s", replica_id, exc)
+
+    def _pump_logs(self, rp: ReplicaProcess) -> None:
+        assert rp.proc.stdout is not None
+        chatter = replica_log.LogFilter()  # BentoML's hook lines, repeated tracebacks
+        for raw in rp.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            rp.tail.append(line)
+            for kept in chatter.feed(line):
+                self._keep_line(rp, kept)
+        for kept in chatter.flush():
+            self._keep_line(rp, kept)
+
+    def _keep_line(self, rp: ReplicaProcess, line: str) -> None:
+        if rp.endpoint:
+            self._log_line(rp, line)
+        else:  # an idle pool worker: no endpoint to file it under yet
+            log.debug("pool worker %s: %s", rp.address, line)
+
+    def _log_line(self, rp: ReplicaProcess, line: str) -> None:
+        try:
+            self.redis.xadd(
+                _keys.logs(rp.endpoint),
+                {"replica": rp.replica_id, "host": self.settings.host_id, "line": line},
+                maxlen=LOG_STREAM_MAXLEN, approximate=True,
+            )
+        except RedisError:
+            log.debug("dropped a log line of %s", rp.replica_id)
