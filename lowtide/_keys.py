@@ -89,6 +89,17 @@ def ui_session(session_digest: str) -> str:
     return f"{PREFIX}ui:session:{session_digest}"
 
 
+WAITING_TTL_S = 10  # a waiting hash no activator refreshed for this long is gone
+WAITING_FRESH_S = 3.0  # an activator's entry older than this counts for nothing (it died)
+
+
+def waiting(name: str) -> str:
+    """Hash activator_id -> {"n", "oldest_s", "at"} (JSON): the requests waiting in that
+    activator's memory for a replica slot, flushed about once a second; the autoscaler
+    counts them as queued."""
+    return f"{PREFIX}waiting:{name}"
+
+
 def reply_channel(activator_id: str) -> str:
     return f"{PREFIX}reply:{activator_id}"
 

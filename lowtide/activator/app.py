@@ -1,14 +1,20 @@
 """The ingress: `POST /fn/{name}` and `GET /requests/{id}`.
 
-Warm: proxy to a ready replica picked from memory (no Redis on this path). Cold, or every
-replica at its limit: append to the endpoint's stream, wake the platform when the endpoint
-has no replica, and wait for the answer until the deadline.
+Warm: proxy to a ready replica picked from memory (no Redis on this path). Every replica at
+its limit: wait in this activator's memory for the first free slot while the expected wait
+is short (`admission`, `waiters`: still no Redis). Cold, a long wait, the local queue at its
+bound, or an async call: append to the endpoint's stream, wake the platform when the
+endpoint has no replica, and wait for the answer until the deadline.
 
 First come, first served: while the endpoint's stream holds requests no replica has taken
 yet (as this activator last read it, `backlog.Backlog.queued`), new ones join them rather
-than overtake them on the direct path (replicas pull from the stream as soon as they have
-room, so the backlog drains at the replicas' full learned limit); once the replicas have
-taken the queue, new requests go direct again.
+than overtake them on the direct path or in memory (replicas pull from the stream as soon as
+they have room, so the backlog drains at the replicas' full learned limit); once the
+replicas have taken the queue, new requests go direct again.
+
+The waiters in memory are demand the autoscaler must see: their number and the age of the
+oldest are flushed with the request counters each second (`_keys.waiting`), and the
+platform counts them as queued.
 
 Before any of that, with no Redis command either: a key-protected endpoint's caller must
 present one of its keys (digests cached with the route, `lowtide._auth`), the body must be
@@ -62,12 +68,14 @@ from .._protocol import (
 from .._spec import NAME_PATTERN
 from ..limiter import BUSY_HEADER
 from ..openapi import add_openapi_route
+from .admission import View, admit, requeue, share_after_answer, share_after_busy
 from .backlog import RETRY_AFTER_S, Backlog
 from .metrics import RoutesCollector
 from .replies import ReplyHub
-from .routes import EndpointRoute, ReplicaRoute, Routes, pick
+from .routes import EndpointRoute, ReplicaRoute, Routes
 from .settings import ActivatorSettings
-from .upstream import UpstreamError, Upstreams
+from .upstream import Response, UpstreamError, Upstreams
+from .waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,7 @@ START_GRACE_S = 1.0  # past a request's latest start before it counts as never s
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 FLUSH_S = 1.0
 _BUSY = BUSY_HEADER.lower()
+_BUSY_ANSWER = error_result(503, "busy", "the replica was at its limit")  # never returned
 
 REQUESTS = Counter("lowtide_activator_requests_total", "Requests answered",
                    ["endpoint", "path", "status"])
@@ -113,6 +122,7 @@ class Call:
     body: bytes
     timeout_s: float  # how long the function may run
     start_by: float  # latest start, seconds since the epoch (bounds the wait in the queue)
+    arrived_at: float = 0.0  # seconds since the epoch (orders waiters against the stream)
 
 
 class Activator:
@@ -127,8 +137,12 @@ class Activator:
         self._latencies: dict[str, dict[int, int]] = {}  # name -> bucket -> answered calls
         self.waiting: dict[str, int] = defaultdict(int)  # buffered, answer not back yet
         self.backlog = Backlog(settings.max_queued)
+        self.waiters = Waiters(settings.wait, self.routes.endpoints,
+                               self.backlog.oldest_queued_at)
+        self.routes.on_change = self.waiters.dispatch  # new replicas, grown limits
+        self.backlog.on_reading = self.waiters.dispatch  # the stream's older entries taken
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RoutesCollector(self.routes, self.waiting))
+        self.registry.register(RoutesCollector(self.routes, self.waiting, self.waiters))
 
     # ---- background -------------------------------------------------------------------
     async def flush_stats(self, stop: asyncio.Event) -> None:
@@ -138,26 +152,31 @@ class Activator:
             await asyncio.sleep(FLUSH_S)
             self.upstreams.keep_only({r.address for e in self.routes.endpoints.values()
                                       for r in e.replicas.values()})
-            arrivals, self._arrivals = self._arrivals, defaultdict(int)
-            latencies, self._latencies = self._latencies, {}
-            if not arrivals and not latencies:
-                continue
-            now = time.time()
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for name, n in arrivals.items():
-                        pipe.hincrby(_keys.stats(name), "requests", n)
-                        pipe.hset(_keys.stats(name), "last_request_at", now)
-                    for name, counts in latencies.items():
-                        for bucket, n in counts.items():
-                            pipe.hincrby(_keys.latency(name), str(bucket), n)
-                    await pipe.execute()
-            except RedisError as exc:
-                log.warning("could not flush request counters: %s", exc)
+            self.waiters.forget(set(self.routes.endpoints))
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        arrivals, self._arrivals = self._arrivals, defaultdict(int)
+        latencies, self._latencies = self._latencies, {}
+        if not arrivals and not latencies and not self.waiters.to_report():
+            return
+        now = time.time()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
                 for name, n in arrivals.items():
-                    self._arrivals[name] += n
+                    pipe.hincrby(_keys.stats(name), "requests", n)
+                    pipe.hset(_keys.stats(name), "last_request_at", now)
                 for name, counts in latencies.items():
-                    _latency.merge(self._latencies.setdefault(name, {}), counts)
+                    for bucket, n in counts.items():
+                        pipe.hincrby(_keys.latency(name), str(bucket), n)
+                self.waiters.report(pipe, self.id, now)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not flush request counters: %s", exc)
+            for name, n in arrivals.items():
+                self._arrivals[name] += n
+            for name, counts in latencies.items():
+                _latency.merge(self._latencies.setdefault(name, {}), counts)
 
     # ---- handlers ---------------------------------------------------------------------
     async def invoke(self, request: web.Request) -> web.StreamResponse:
@@ -168,8 +187,9 @@ class Activator:
         body = await request.read()
         content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
+        now = time.time()
         call = Call(content_type, body, self._timeout_s(request, endpoint),
-                    start_by=time.time() + self.settings.max_queue_wait_s)
+                    start_by=now + self.settings.max_queue_wait_s, arrived_at=now)
         self._arrivals[name] += 1
         if request.query.get("async") in ("1", "true", "yes"):
             request_id, _ = await self._buffer(endpoint, call, reply_to="")
@@ -177,9 +197,8 @@ class Activator:
             REQUESTS.labels(name, "async", "202").inc()
             return json_response({"id": request_id, "status_url": status_url}, status=202,
                                  headers={"Location": status_url})
-        replica = None if self.backlog.queued(name) else pick(endpoint)
         path = "warm"
-        result = await self._proxy(endpoint, replica, call) if replica is not None else None
+        result = await self._served_here(endpoint, call)
         if result is None:
             path = "buffered"
             result = await self._buffer_and_wait(endpoint, call)
@@ -251,27 +270,65 @@ class Activator:
     def _base_url(self, request: web.Request) -> str:
         return (self.settings.public_url or f"{request.scheme}://{request.host}").rstrip("/")
 
+    async def _served_here(self, endpoint: EndpointRoute, call: Call) -> Result | None:
+        """Run the call on a replica through this activator: at once when one has room,
+        after a wait in memory when all are at their limit and the wait is short
+        (`admission`). None: the request goes to the stream."""
+        name = endpoint.name
+        decision = admit(self._view(endpoint), self.settings.wait)
+        refusals = 0
+        while True:
+            replica = await self.waiters.take_slot(endpoint, decision, call.arrived_at,
+                                                   call.start_by, front=refusals > 0)
+            if replica is None:
+                return None
+            result = await self._proxy(endpoint, replica, call)
+            if result is not _BUSY_ANSWER:
+                return result
+            refusals += 1
+            endpoint = self.routes.endpoints.get(name, endpoint)
+            decision = requeue(self._view(endpoint), refusals, self.settings.wait)
+
+    def _view(self, endpoint: EndpointRoute) -> View:
+        return self.waiters.view(endpoint, self.backlog.queued(endpoint.name))
+
     async def _proxy(self, endpoint: EndpointRoute, replica: ReplicaRoute, call: Call
                      ) -> Result | None:
-        """Call the replica directly; None when it cannot be reached (the caller buffers)."""
-        replica.in_flight += 1
+        """Call the replica directly, its slot taken for the call (given back here, to the
+        next waiter); None when it cannot be reached (the caller buffers), _BUSY_ANSWER
+        when it was at its limit (other work filled it: nothing ran)."""
+        started = time.perf_counter()
         try:
             resp = await self.upstreams.get(replica.address).post(
                 {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s)},
                 call.body, call.timeout_s + REPLY_MARGIN_S)
         except asyncio.TimeoutError:
+            self.waiters.release(endpoint.name, replica)
             return timeout_result(call.timeout_s)
         except UpstreamError as exc:
             log.warning("replica %s of %s unreachable (%s); buffering instead", replica.id,
                         endpoint.name, exc)
             replica.healthy = False
+            self.waiters.release(endpoint.name, replica)
             return None
-        finally:
-            replica.in_flight -= 1
+        except BaseException:
+            self.waiters.release(endpoint.name, replica)
+            raise
+        result = self._answered(endpoint.name, replica, resp, time.perf_counter() - started)
+        self.waiters.release(endpoint.name, replica)
+        return result
+
+    def _answered(self, name: str, replica: ReplicaRoute, resp: Response, latency_s: float
+                  ) -> Result:
+        """Learn from a replica's answer (its limit; this activator's share of it; the
+        endpoint's service time) before its slot goes to the next waiter."""
         replica.observe(resp.headers)
         if resp.status == 503 and _BUSY in resp.headers:
-            return None  # at its limit (another activator filled it): buffer
+            replica.share = share_after_busy(replica.in_flight - 1)  # the others it ran
+            return _BUSY_ANSWER
+        replica.share = share_after_answer(replica.share, replica.limit)
         replica.requests += 1
+        self.waiters.observe(name, latency_s)
         return Result(resp.status, resp.headers.get("content-type", JSON), resp.body)
 
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,

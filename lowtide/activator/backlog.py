@@ -12,13 +12,17 @@ activators the bound can be overshot by about what they accept in REFRESH_S; and
 endpoint this activator has never buffered to starts at 0 until its first reading.
 
 The same reading says how many entries no replica had taken yet (XLEN minus the consumer
-group's pending count): `queued`. While that is above zero a new request joins the stream
-instead of overtaking them on the direct path (first come, first served). Entries a replica
-is running do not count, nor do this activator's own additions since the reading (replicas
-with room take an entry within a millisecond or so): counting either kept an endpoint under
-steady load on the buffered path for good, as every arrival found one outstanding. While
-anything is in the stream it is read every QUEUED_REFRESH_S (at once after an addition), so
-the stale view lasts about that long either way.
+group's pending count): `queued`, and when the oldest of them was added (its entry id's
+time, one XRANGE after the consumer group's last-delivered id): `oldest_queued_at`. While
+entries wait untaken a new request does not overtake them on the direct path: it waits in
+memory behind them, and a waiter takes a slot only once no untaken entry is older than it
+(first come, first served; `admission`). Entries a replica is running do not count, nor do
+this activator's own additions since the reading (replicas with room take an entry within a
+millisecond or so): counting either kept an endpoint under steady load on the buffered path
+for good, as every arrival found one outstanding. While anything is in the stream it is
+read every QUEUED_REFRESH_S (at once after an addition), so the stale view lasts about that
+long either way; `on_reading` is told each endpoint read, so that waiters the reading lets
+through take their slots at once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -46,6 +51,8 @@ class Backlog:
         self.max_queued = max_queued
         self.observed: dict[str, int] = {}  # XLEN at the last reading
         self.untaken: dict[str, int] = {}  # of those, not yet taken by a replica
+        self.oldest_at: dict[str, float] = {}  # when the oldest untaken one was added
+        self.on_reading: Callable[[str], None] | None = None
         self.added: dict[str, int] = defaultdict(int)  # buffered here since that reading
         self._added_event = asyncio.Event()  # wakes the reading loop
 
@@ -59,6 +66,11 @@ class Backlog:
         """Entries no replica had taken at the last reading."""
         return self.untaken.get(name, 0)
 
+    def oldest_queued_at(self, name: str) -> float | None:
+        """When the oldest entry no replica had taken was added (seconds since the epoch,
+        Redis's clock), at the last reading; None when none waited."""
+        return self.oldest_at.get(name) if self.untaken.get(name) else None
+
     def add(self, name: str) -> None:
         self.added[name] += 1
         self._added_event.set()
@@ -67,17 +79,24 @@ class Backlog:
         """Endpoints worth a reading: something was queued at the last one or added since."""
         return [n for n in set(self.observed) | set(self.added) if self.depth(n) > 0]
 
-    def observe(self, name: str, length: int, added_before: int, pending: int = 0) -> None:
-        """A reading of the stream's length and of its entries taken but not yet answered
-        (`pending`), taken when `added_before` had been added here (those are in the
-        reading; what was added while it travelled is not)."""
+    def observe(self, name: str, length: int, added_before: int, pending: int = 0,
+                oldest_at: float | None = None) -> None:
+        """A reading of the stream's length, of its entries taken but not yet answered
+        (`pending`) and of when the oldest untaken one was added, taken when `added_before`
+        had been added here (those are in the reading; what was added while it travelled
+        is not)."""
         self.added[name] = max(0, self.added.get(name, 0) - added_before)
         if length or self.added[name]:
             self.observed[name] = length
             self.untaken[name] = max(0, length - pending)
+            if oldest_at is None:
+                self.oldest_at.pop(name, None)
+            else:
+                self.oldest_at[name] = oldest_at
         else:  # forget idle endpoints
             self.observed.pop(name, None)
             self.untaken.pop(name, None)
+            self.oldest_at.pop(name, None)
             self.added.pop(name, None)
 
     async def refresh(self, redis: Redis) -> None:
@@ -88,15 +107,22 @@ class Backlog:
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.xlen(_keys.stream(name))
-                pipe.xpending(_keys.stream(name), _keys.STREAM_GROUP)
+                pipe.xinfo_groups(_keys.stream(name))
             replies = await pipe.execute(raise_on_error=False)
+        readings = {}
         for i, name in enumerate(names):
-            length, pending = replies[2 * i], replies[2 * i + 1]
+            length, groups = replies[2 * i], replies[2 * i + 1]
             if isinstance(length, Exception):
                 raise length
-            # no consumer group yet (no replica ever read the stream): nothing is taken
-            taken = 0 if isinstance(pending, Exception) else int(pending["pending"])
-            self.observe(name, int(length), before[name], taken)
+            # no stream or no consumer group yet (no replica ever read it): nothing taken
+            taken, last = _group(groups)
+            readings[name] = (int(length), taken, last)
+        oldest = await _oldest_untaken(redis, {n: r[2] for n, r in readings.items()
+                                               if r[0] > r[1]})
+        for name, (length, taken, _) in readings.items():
+            self.observe(name, length, before[name], taken, oldest.get(name))
+            if self.on_reading is not None:
+                self.on_reading(name)
 
     async def run(self, redis: Redis, stop: asyncio.Event) -> None:
         """Read the tracked streams every QUEUED_REFRESH_S while they hold anything, else
@@ -115,3 +141,30 @@ class Backlog:
                 await self.refresh(redis)
             except RedisError as exc:
                 log.warning("could not read queue lengths (the bound uses older ones): %s", exc)
+
+
+def _group(groups: object) -> tuple[int, bytes]:
+    """Pending count and last-delivered id of the replicas' consumer group in an XINFO
+    GROUPS reply (0 and "0-0" when there is none)."""
+    if isinstance(groups, list):
+        for group in groups:
+            if group["name"] in (_keys.STREAM_GROUP, _keys.STREAM_GROUP.encode()):
+                last = group["last-delivered-id"]
+                return int(group["pending"]), last.encode() if isinstance(last, str) else last
+    return 0, b"0-0"
+
+
+async def _oldest_untaken(redis: Redis, last_delivered: dict[str, bytes]) -> dict[str, float]:
+    """When the first entry after each stream's last delivered one was added (entry ids
+    start with Redis's clock in milliseconds)."""
+    if not last_delivered:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for name, last in last_delivered.items():
+            pipe.xrange(_keys.stream(name), min=b"(" + last, max="+", count=1)
+        replies = await pipe.execute(raise_on_error=False)
+    oldest = {}
+    for name, entries in zip(last_delivered, replies, strict=True):
+        if isinstance(entries, list) and entries:
+            oldest[name] = int(entries[0][0].split(b"-", 1)[0]) / 1000.0
+    return oldest

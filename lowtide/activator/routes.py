@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -27,6 +27,7 @@ from .. import _keys
 from .._auth import Access
 from .._redis import follow
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
+from .admission import usable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ class ReplicaRoute:
     healthy: bool = True
     no_load_ms: float | None = None  # the replica's no-load latency, as last reported
     requests: int = 0  # answered directly by it, through this activator
+    share: float | None = None  # of its limit, learned from busy answers (admission.py)
+
+    def room(self) -> int:
+        """Slots this activator may still fill on it."""
+        return usable(self.limit, self.share) - self.in_flight
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Take the limit a replica reported in the headers of a direct answer (names in
@@ -70,8 +76,9 @@ class EndpointRoute:
 
 
 def pick(endpoint: EndpointRoute, rng: random.Random | None = None) -> ReplicaRoute | None:
-    """Power of two choices among healthy replicas below their limit."""
-    open_ = [r for r in endpoint.replicas.values() if r.healthy and r.in_flight < r.limit]
+    """Power of two choices among healthy replicas below their limit (or this activator's
+    share of it)."""
+    open_ = [r for r in endpoint.replicas.values() if r.healthy and r.room() > 0]
     if not open_:
         return None
     if len(open_) == 1:
@@ -84,6 +91,9 @@ class Routes:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.endpoints: dict[str, EndpointRoute] = {}
+        # told the name of an endpoint whose view was just read (replicas may have come,
+        # gone or changed their limits): the activator hands freed slots to its waiters
+        self.on_change: Callable[[str], None] | None = None
 
     async def get(self, name: str) -> EndpointRoute | None:
         found = self.endpoints.get(name)
@@ -100,6 +110,7 @@ class Routes:
         dep = await self.redis.hmget(_keys.deployment(name), ["spec", "version"])
         if dep[0] is None or dep[1] is None:
             self.endpoints.pop(name, None)
+            self._changed(name)
             return None
         spec = json.loads(dep[0])
         version = int(dep[1])
@@ -122,7 +133,12 @@ class Routes:
         endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
                                  await self._access(name, spec))
         self.endpoints[name] = endpoint
+        self._changed(name)
         return endpoint
+
+    def _changed(self, name: str) -> None:
+        if self.on_change is not None:
+            self.on_change(name)
 
     async def _access(self, name: str, spec: dict[str, object]) -> Access:
         """The endpoint's access mode and its keys' digests (read with the route, so a key

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .admission import WaitConfig
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,7 @@ class ActivatorSettings:
     max_queue_wait_s: float = 120.0  # how long a request may wait for a replica (cold starts)
     workers: int = 1  # processes serving one port (SO_REUSEPORT)
     max_queued: int = 10_000  # per endpoint, approximately (see activator/backlog.py): 429 above
+    wait: WaitConfig = field(default_factory=WaitConfig)  # waits in memory (admission.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -233,7 +233,8 @@ class PlatformAPI:
                 "items": [_replica_view(r, now, cpu.get(r.id), gpu.get(r.id))
                           for r in replicas],
             },
-            "queue": {"depth": q.depth, "queued": q.queued, "oldest_age_s": q.oldest_wait_s},
+            "queue": {"depth": q.depth, "queued": q.queued, "oldest_age_s": q.oldest_wait_s,
+                      "in_memory": q.in_memory},
             "builds": builds,
             "keep_alive_s": keep_alive.keep_s,
             "keep_alive": {"keep_s": keep_alive.keep_s, "prewarm_s": keep_alive.prewarm_s,

@@ -96,8 +96,9 @@ async def remove_replica(redis: Redis, name: str, replica_id: str) -> None:
 @dataclass(frozen=True)
 class QueueStats:
     depth: int  # entries in the stream: waiting or being run
-    queued: int  # waiting, not yet taken by a replica
+    queued: int  # waiting, not yet taken by a replica (in the stream or an activator's memory)
     oldest_wait_s: float
+    in_memory: int = 0  # of `queued`, those waiting in activators' memory for a slot
 
 
 def _stream_id_seconds(entry_id: bytes) -> float:
@@ -105,10 +106,15 @@ def _stream_id_seconds(entry_id: bytes) -> float:
 
 
 async def queue_stats(redis: Redis, name: str, now: float) -> QueueStats:
+    """The stream's depth and untaken entries, plus the requests the activators hold in
+    memory for a slot (flushed each second; an activator silent for WAITING_FRESH_S counts
+    for nothing), with the age of the oldest of all as the queue lag."""
+    in_memory, memory_oldest_s = waiting_in_memory(
+        await redis.hgetall(_keys.waiting(name)), now)
     stream = _keys.stream(name)
     depth = int(await redis.xlen(stream))
     if depth == 0:
-        return QueueStats(0, 0, 0.0)
+        return QueueStats(0, in_memory, memory_oldest_s, in_memory)
     last_delivered = b"0-0"
     pending = 0
     try:
@@ -122,7 +128,25 @@ async def queue_stats(redis: Redis, name: str, now: float) -> QueueStats:
         last_delivered = last_delivered.encode()
     first = await redis.xrange(stream, min=b"(" + last_delivered, max="+", count=1)
     oldest = max(0.0, now - _stream_id_seconds(first[0][0])) if first else 0.0
-    return QueueStats(depth, max(0, depth - pending), oldest)
+    return QueueStats(depth, max(0, depth - pending) + in_memory,
+                      max(oldest, memory_oldest_s), in_memory)
+
+
+def waiting_in_memory(raw: dict[bytes, bytes], now: float) -> tuple[int, float]:
+    """Sum the activators' flushed waiters (`_keys.waiting`): how many, and the age of the
+    oldest now; entries older than WAITING_FRESH_S are a dead activator's and count not."""
+    total, oldest_s = 0, 0.0
+    for value in raw.values():
+        try:
+            rec = json.loads(value)
+            n, age_s, at = int(rec["n"]), float(rec["oldest_s"]), float(rec["at"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if now - at > _keys.WAITING_FRESH_S or n <= 0:
+            continue
+        total += n
+        oldest_s = max(oldest_s, age_s + max(0.0, now - at))
+    return total, oldest_s
 
 
 async def last_request_at(redis: Redis, name: str) -> float:
