@@ -11,8 +11,16 @@ from typing import Any
 import httpx
 
 from .._home import ClusterConfig, resolve
+from .._jsonable import jsonable
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
-from ._errors import AuthError, ConfigError, DeployError, LowtideError, error_from_response
+from ._errors import (
+    AuthError,
+    BadInput,
+    ConfigError,
+    DeployError,
+    LowtideError,
+    error_from_response,
+)
 from ._pickling import parameter_names, pickle_function
 
 _JSON = "application/json"
@@ -23,22 +31,37 @@ QUEUE_WAIT_ALLOWANCE_S = 180.0  # above the activator's default queue wait (120 
 
 def encode_call(params: list[str] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[str, bytes]:
-    """Arguments -> (content type, body): positional arguments bound to parameter names."""
+    """Arguments -> (content type, body): positional arguments bound to parameter names.
+    numpy arrays and scalars and torch tensors become JSON lists and numbers. Arguments
+    that cannot be sent raise BadInput before anything is sent."""
     if len(args) == 1 and not kwargs and isinstance(args[0], (bytes, bytearray, memoryview)):
         return _OCTETS, bytes(args[0])
     if args:
         if params is None:
             if len(args) == 1 and not kwargs and not isinstance(args[0], dict):
-                return _JSON, json.dumps(args[0]).encode()  # one JSON value, one argument
-            raise TypeError("this endpoint takes *args; pass keyword arguments or one JSON value")
+                return _JSON, _dumps(args[0])  # one JSON value, one argument
+            raise _bad_input("this endpoint takes *args; pass keyword arguments or one JSON "
+                             "value")
         if len(args) > len(params):
-            raise TypeError(f"takes {len(params)} positional argument(s) but {len(args)} were "
-                            "given")
+            raise _bad_input(f"takes {len(params)} positional argument(s) but {len(args)} "
+                             f"were given (parameters: {', '.join(params) or 'none'})")
         for pname in params[: len(args)]:
             if pname in kwargs:
-                raise TypeError(f"got multiple values for argument {pname!r}")
+                raise _bad_input(f"got multiple values for argument {pname!r}")
         kwargs = {**dict(zip(params, args, strict=False)), **kwargs}
-    return _JSON, json.dumps(kwargs).encode()
+    return _JSON, _dumps(kwargs)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, default=jsonable).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _bad_input(f"the arguments cannot be sent as JSON: {exc}") from None
+
+
+def _bad_input(detail: str) -> BadInput:
+    """What the activator would answer; raised before sending."""
+    return BadInput(400, "bad input", detail, {"error": "bad input", "detail": detail})
 
 
 def _key_header(key: str | None) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from .._jsonable import jsonable
 from .._protocol import JSON, OCTETS, Result, error_result, timeout_result
 from . import tracebacks
 
@@ -91,7 +92,7 @@ def encode_value(value: Any) -> Result:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return Result(200, OCTETS, bytes(value))
     try:
-        return Result(200, JSON, json.dumps(value, allow_nan=False).encode())
+        return Result(200, JSON, json.dumps(value, allow_nan=False, default=jsonable).encode())
     except (TypeError, ValueError) as exc:
         return error_result(
             500, "result not JSON serializable",

@@ -73,12 +73,12 @@ def test_encode_call_single_bytes_is_octet_stream(value: Any, params: list[str] 
 )
 def test_encode_call_refuses(params: list[str] | None, args: tuple[Any, ...],
                              kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(BadInput, match=message):
         encode_call(params, args, kwargs)
 
 
 def test_encode_call_bytes_with_keywords_is_not_silently_dropped() -> None:
-    with pytest.raises(TypeError):  # bytes cannot ride inside a JSON object
+    with pytest.raises(BadInput):  # bytes cannot ride inside a JSON object
         encode_call(["data", "mode"], (b"raw",), {"mode": "fast"})
 
 
@@ -213,3 +213,23 @@ def test_decode_result_function_error_without_type() -> None:
     with pytest.raises(FunctionError) as exc:
         decode_result(response(500, b'{"error": "boom"}'))
     assert exc.value.exc_type == ""
+
+
+def test_encode_call_sends_numpy_as_json_lists_and_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    _, body = encode_call(["x", "k", "flag"], (x, np.int64(3)), {"flag": np.bool_(True)})
+    assert json.loads(body) == {"x": [[0, 1, 2], [3, 4, 5]], "k": 3, "flag": True}
+    _, body = encode_call(None, (x[0],), {})
+    assert json.loads(body) == [0.0, 1.0, 2.0]
+
+
+def test_encode_call_sends_cpu_torch_tensors_as_lists() -> None:
+    torch = pytest.importorskip("torch")
+    _, body = encode_call(["t"], (torch.tensor([[1.5, 2.0]]),), {})
+    assert json.loads(body) == {"t": [[1.5, 2.0]]}
+
+
+def test_encode_call_refuses_what_json_cannot_carry_with_bad_input() -> None:
+    with pytest.raises(BadInput, match="a set is not JSON"):
+        encode_call(["x"], ({1, 2},), {})
