@@ -56,17 +56,28 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(2)
     from ..sdk._errors import LowtideError
+    from ._errors import explain, remote_traceback
 
     try:
         code = COMMANDS[args.command](args, env)
-    except LowtideError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 1
-    except ValueError as exc:  # settings validation
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lowtide status NAME | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
+        code = 0
+    except (LowtideError, ValueError) as exc:  # ValueError: settings validation
+        if remote_traceback(exc):
+            print(f"Remote traceback (on the replica):\n{remote_traceback(exc)}",
+                  file=sys.stderr)
+        print(explain(exc, args), file=sys.stderr)
+        code = 1 if isinstance(exc, LowtideError) else 2
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if args.log_level == "DEBUG":
+            raise
+        print(explain(exc, args), file=sys.stderr)
+        code = 1
     sys.exit(code)
 
 
