@@ -7,6 +7,7 @@ function's remote traceback is printed above that line, as a local one would be.
 from __future__ import annotations
 
 import argparse
+
 from ..sdk._errors import (
     AuthError,
     BadInput,
