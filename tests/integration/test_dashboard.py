@@ -57,7 +57,7 @@ async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
             "(() => { const m = [...document.querySelectorAll('#chart-rep .marker')]"
             ".map(x => x.dataset.reason); return m.length ? m : null; })()",
             what="a decision marker on the replicas chart")
-        assert set(reasons) <= decided and set(reasons) & decided
+        assert set(reasons) & decided  # (later decisions may be marked too)
         await b.hover("#chart-rep .marker")
         tip = await b.wait_for("(() => { const t = document.querySelector('.tip'); "
                                "return t && !t.hidden && t.textContent; })()",
