@@ -137,12 +137,16 @@ class Browser:
                                      f"{what or expression}; the page says: {text[:600]!r}")
             await asyncio.sleep(0.2)
 
-    async def hover(self, selector: str) -> None:
-        """Move the mouse to the middle of the first element matching selector."""
+    async def hover(self, selector: str) -> str:
+        """Move the mouse to the middle of the first element matching selector; the class of
+        the element the mouse is on."""
         box = await self.evaluate(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); "
+            "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+        return str(await self.evaluate(
+            f"document.elementFromPoint({box[0]}, {box[1]}).className"))
 
     async def fit_page(self, width: int = 1440) -> None:
         """Make the viewport as tall as the page (a full-page screenshot then needs no

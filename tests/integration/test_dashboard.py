@@ -38,8 +38,8 @@ async def burst(url: str, n: int) -> None:
 
 async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
                                       unique_name: str) -> None:
-    ep = client.deploy(work, name=unique_name, max_replicas=2)
-    await burst(ep.url, 60)  # wakes it (0 -> 1) and loads it: scaling decisions
+    ep = client.deploy(work, name=unique_name, max_replicas=1)  # one replica start: lean
+    await burst(ep.url, 30)  # wakes it: a scaling decision (0 -> 1) with its reason
     decided = {e["reason"] for e in client.events(unique_name) if e["from"] != e["to"]}
     assert decided
     base = cluster.config.platform_url
@@ -58,7 +58,9 @@ async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
             ".map(x => x.dataset.reason); return m.length ? m : null; })()",
             what="a decision marker on the replicas chart")
         assert set(reasons) & decided  # (later decisions may be marked too)
-        await b.hover("#chart-rep .marker")
+        await b.wait_for("document.querySelector('#facts .fact') !== null", what="the facts")
+        await asyncio.sleep(0.5)  # the page has laid out what it fetched
+        assert "marker" in await b.hover("#chart-rep .marker")
         tip = await b.wait_for("(() => { const t = document.querySelector('.tip'); "
                                "return t && !t.hidden && t.textContent; })()",
                                what="the marker's reason on hover")

@@ -242,12 +242,14 @@
       const n = cols.t.length;
       cols.target = new Array(n).fill(data.targets.cpu);
       const now = data.now, span = data.step_s * ({"10m": 300, "1h": 360, "24h": 360})[windowName];
+      // a young endpoint's charts span its data (and its decisions, off the edge), not an empty window
+      const earliest = Math.min(cols.t.length ? cols.t[0] : now, ...events.map((e) => e.at), now - 120);
+      const lo = Math.max(now - span, earliest - 4 * data.step_s);
       for (const c of CHARTS) {
         const arr = [cols.t].concat(c.series.map(([key]) => cols[key] || new Array(n).fill(null)));
         if (!charts[c.id]) charts[c.id] = build(c, arr);
         else charts[c.id].setData(arr, false);
-        const first = cols.t.length ? cols.t[0] - data.step_s : now - span;
-        charts[c.id].setScale("x", {min: Math.max(now - span, Math.min(first, now - 120)), max: now});
+        charts[c.id].setScale("x", {min: lo, max: now});
       }
       const newest = events.slice().reverse();
       document.getElementById("events").innerHTML = !events.length ? `<div class="panel empty">No decisions in this window.</div>` :
