@@ -13,6 +13,8 @@ HOSTS = PREFIX + "hosts"  # hash host_id -> host description (JSON)
 WAKE_CHANNEL = PREFIX + "wake"  # pubsub: endpoint name, sent by the activator when cold
 ROUTES_CHANNEL = PREFIX + "routes"  # pubsub: endpoint name whose replicas or spec changed
 STREAM_GROUP = "replicas"  # consumer group of every request stream
+HOST_TOKEN = PREFIX + "host-token"  # string: the secret host agents fetch blobs with
+PLATFORM_URL = PREFIX + "platform-url"  # string: where agents reach the platform's blob routes
 
 RESULT_TTL_S = 3600
 HOST_ALIVE_TTL_S = 5  # a host whose agent has not beaten for this long is lost
@@ -30,6 +32,7 @@ def version_counter(name: str) -> str:
 
 
 def artifact(name: str, version: int) -> str:
+    """String: the version's manifest (JSON, lowtide._manifest): its blobs by digest."""
     return f"{PREFIX}art:{name}:{version}"
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from ._manifest import MAX_MODELS, ManifestError, check_model_tag
+
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")  # use with fullmatch
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?|B|b)?\s*$")
 _FACTORS = {
@@ -99,6 +101,7 @@ class DeploymentSpec:
     python: str = field(default_factory=python_version)
     params: list[str] | None = None  # parameter names, to bind positional arguments
     access: str = PUBLIC  # invoke access: PUBLIC, or KEY (an invoke key of this endpoint)
+    models: list[str] = field(default_factory=list)  # BentoML model tags, 'name:version'
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +130,14 @@ class DeploymentSpec:
                             f"{MAX_REQUIREMENTS} are allowed")
         for requirement in self.requirements:
             check_requirement(requirement)
+        if not isinstance(self.models, list) or len(self.models) > MAX_MODELS:
+            raise SpecError(f"models must be a list of at most {MAX_MODELS} BentoML model "
+                            "tags, e.g. ['iris_clf:latest']")
+        try:
+            for tag in self.models:
+                check_model_tag(tag)
+        except ManifestError as exc:
+            raise SpecError(str(exc)) from None
 
     def validate(self) -> None:
         check_name(self.name)

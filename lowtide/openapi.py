@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ._auth import KEY_PATTERN
+from ._manifest import MAX_MODELS
 from ._protocol import MAX_JSON_DEPTH, TIMEOUT_HEADER
 from ._spec import (
     ACCESS_MODES,
@@ -40,6 +41,8 @@ NAME = {"name": "name", "in": "path", "required": True, "description": "endpoint
         "schema": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}}
 AUTH_ERRORS = {"401": _error("no or malformed credentials (see WWW-Authenticate)"),
                "403": _error("credentials well formed but not allowed")}
+SHA256_PARAM = {"name": "sha256", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 CONTROL = {"security": [{"token": []}, {"session": []}], "tags": ["control plane"]}
 INVOKE = {"tags": ["invoke"], "servers": [ACTIVATOR_SERVER]}
 COMMON = {"/healthz": {"get": {"summary": "Redis reachable", "security": [],
@@ -61,13 +64,16 @@ CONTROL_PATHS: dict[str, Any] = {
     "/v1/deployments": {
         "post": _control("deploy (or replace) a function", {
             "200": _ok("replaced"), "201": _ok("created"),
-            "400": _error("bad spec (names the field), or Python version mismatch"),
-            "413": _error("artifact over the limit")},
+            "400": _error("bad spec or manifest (names the field), a blob not uploaded, or "
+                          "Python version mismatch"),
+            "413": _error("inline artifact over the limit")},
             requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
-                "type": "object", "required": ["spec", "artifact"], "properties": {
+                "type": "object", "required": ["spec"], "properties": {
                     "spec": {"$ref": "#/components/schemas/Spec"},
+                    "manifest": {"$ref": "#/components/schemas/Manifest"},
                     "artifact": {"type": "string", "format": "binary",
-                                 "description": "the cloudpickled function"}}}}}}),
+                                 "description": "the cloudpickled function, inline (instead "
+                                 "of a manifest naming its blob)"}}}}}}),
         "get": _control("list deployments", {"200": _ok("deployments")}),
     },
     "/v1/deployments/{name}": {
@@ -136,6 +142,28 @@ CONTROL_PATHS: dict[str, Any] = {
             "201": _ok("path (relative to the platform) and expires_in_s"),
             "403": _error("asked with a dashboard session instead of the token")},
         security=[{"token": []}])},
+    "/v1/blobs/missing": {"post": _control(
+        "which of these blobs the blob store lacks (upload only those)", {
+            "200": _ok("missing digests and the blob size limit"), "400": _error("bad body"),
+            "413": _error("a blob over the blob size limit")},
+        requestBody={"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["blobs"], "properties": {"blobs": {
+                "type": "array", "items": {"$ref": "#/components/schemas/BlobRef"}}}}}}})},
+    "/v1/blobs/{sha256}": {
+        "parameters": [SHA256_PARAM],
+        "put": _control("upload a blob (streamed; kept only if its SHA-256 is the name)", {
+            "200": _ok("already stored"), "201": _ok("stored"),
+            "400": _error("digest mismatch"), "404": _error("not a SHA-256 digest"),
+            "413": _error("over the blob size limit")},
+            requestBody={"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}})},
+    "/v1/host/blobs/{sha256}": {
+        "parameters": [SHA256_PARAM],
+        "get": {"summary": "a blob, for host agents", "tags": ["hosts"],
+                "security": [{"hostToken": []}], "responses": {
+                    "200": {"description": "the bytes", "content": {"application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+                    "401": _error("not the host token"), "404": _error("no such blob")}}},
 }
 
 _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
@@ -224,6 +252,9 @@ COMPONENTS = {
         "session": {"type": "apiKey", "in": "cookie", "name": "lowtide_session",
                     "description": "a dashboard session (`lowtide dashboard`); the control "
                     "plane's GETs take it too, other methods also need X-Lowtide-CSRF"},
+        "hostToken": {"type": "http", "scheme": "bearer",
+                      "description": "the host agents' token (in Redis, written by the "
+                      "platform)"},
         "invokeKey": {"type": "http", "scheme": "bearer", "description": (
             f"an invoke key of the endpoint ({KEY_PATTERN.pattern}); only for endpoints whose "
             "access is 'key'")},
@@ -255,7 +286,20 @@ COMPONENTS = {
                      "python": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$",
                                 "description": "must be the workers' Python minor version"},
                      "params": {"type": ["array", "null"], "items": {"type": "string"}},
-                     "access": {"enum": list(ACCESS_MODES)}}},
+                     "access": {"enum": list(ACCESS_MODES)},
+                     "models": {"type": "array", "maxItems": MAX_MODELS,
+                                "items": {"type": "string"},
+                                "description": "BentoML model tags 'name:version'"}}},
+        "BlobRef": {"type": "object", "required": ["sha256", "size"], "properties": {
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "size": {"type": "integer", "minimum": 0}}},
+        "Manifest": {"type": "object", "required": ["artifact"], "properties": {
+            "artifact": {"$ref": "#/components/schemas/BlobRef"},
+            "models": {"type": "array", "items": {"type": "object", "properties": {
+                "tag": {"type": "string"}, "files": {"type": "array", "items": {
+                    "type": "object", "properties": {"path": {"type": "string"},
+                                                     "sha256": {"type": "string"},
+                                                     "size": {"type": "integer"}}}}}}}}},
         "NewKey": {"type": "object", "properties": {
             "id": {"type": "string"}, "key": {"type": "string", "description": "shown once"},
             "label": {"type": "string"}, "created_at": {"type": "number"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -24,12 +25,13 @@ from .._http import (
     errors_middleware,
     json_response,
 )
+from .._manifest import Manifest, ManifestError
 from .._protocol import error_result
 from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_version
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
+from . import blobs, series, state, ui
 from . import logs as replica_logs
-from . import series, state, ui
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
 from .overview import endpoint_state, last_failure
@@ -43,6 +45,8 @@ DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or 
 
 
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/metrics", "/openapi.json"})
+# an artifact sent inside the deploy request instead of as a blob (curl, tests)
+INLINE_ARTIFACT_BYTES = 16 * 2**20
 
 
 @web.middleware
@@ -50,7 +54,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     """Everything but PUBLIC_PATHS needs the token (an unknown path too: no probing) or a
     dashboard session (its cookie; with the CSRF token to change state). The dashboard's
     pages check the session themselves (no session: the sign-in page)."""
-    if request.path in PUBLIC_PATHS or ui.is_ui_path(request.path):
+    if (request.path in PUBLIC_PATHS or ui.is_ui_path(request.path)
+            or request.path.startswith(blobs.HOST_PREFIX)):  # they check the host token
         return await handler(request)
     cookie = request.cookies.get(sessions.COOKIE)
     if cookie is not None and "Authorization" not in request.headers:
@@ -74,48 +79,62 @@ def _name(request: web.Request) -> str:
         raise NotFound(f"no deployment named {name!r}") from None
 
 
-async def _read_upload(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
+@dataclass
+class _Upload:
+    spec: Any = None
+    manifest: Manifest | None = None
+    artifact: bytes | None = None  # sent inline (curl, older SDKs) instead of as a blob
+
+
+async def _read_upload(request: web.Request, max_inline_bytes: int) -> _Upload:
     if not request.content_type.startswith("multipart/"):
-        raise BadRequest("send multipart/form-data with a 'spec' (JSON) and an 'artifact' part; "
-                         "the SDK (lowtide.deploy) does this for you")
+        raise BadRequest("send multipart/form-data with a 'spec' (JSON) and a 'manifest' "
+                         "(JSON) or 'artifact' part; the SDK (lowtide.deploy) does this for you")
     try:
-        return await _read_parts(request, max_artifact_bytes)
+        upload = await _read_parts(request, max_inline_bytes)
     except (ValueError, HttpProcessingError) as exc:  # no boundary, a malformed part header
+        if isinstance(exc, ManifestError):
+            raise BadRequest(str(exc)) from None
         raise BadRequest(f"malformed multipart body ({type(exc).__name__}); the SDK "
                          "(lowtide.deploy) sends a well-formed one") from None
+    if upload.spec is None or (upload.artifact is None) == (upload.manifest is None):
+        raise BadRequest("a 'spec' part and either a 'manifest' or an 'artifact' part are "
+                         "required")
+    return upload
 
 
-async def _read_parts(request: web.Request, max_artifact_bytes: int) -> tuple[Any, bytes]:
-    spec_data: Any = None
-    artifact: bytes | None = None
+async def _read_parts(request: web.Request, max_inline_bytes: int) -> _Upload:
+    upload = _Upload()
     reader = await request.multipart()
     async for part in reader:
         if not isinstance(part, BodyPartReader):
             continue
         if part.name == "spec":
             try:
-                spec_data = json.loads(await part.read())
+                upload.spec = json.loads(await part.read())
             except (ValueError, RecursionError) as exc:
                 raise BadRequest(f"spec is not valid JSON: {exc}") from None
+        elif part.name == "manifest":
+            upload.manifest = Manifest.from_json(await part.read())
         elif part.name == "artifact":
             chunks, size = [], 0
             while chunk := await part.read_chunk(1 << 20):
                 size += len(chunk)
-                if size > max_artifact_bytes:
+                if size > max_inline_bytes:
                     raise PayloadTooLarge(
-                        f"the artifact is over the limit of {max_artifact_bytes} bytes; keep "
-                        "large weights out of the function's closure and load them at start")
+                        f"the inline artifact is over the limit of {max_inline_bytes} bytes; "
+                        "upload it as a blob (PUT /v1/blobs/SHA256, then a 'manifest' part), "
+                        "as the SDK does")
                 chunks.append(chunk)
-            artifact = b"".join(chunks)
-    if spec_data is None or artifact is None:
-        raise BadRequest("both a 'spec' and an 'artifact' part are required")
-    return spec_data, artifact
+            upload.artifact = b"".join(chunks)
+    return upload
 
 
 class PlatformAPI:
     def __init__(self, settings: PlatformSettings, redis: Redis, scaler: Scaler,
-                 recorder: SeriesRecorder) -> None:
+                 recorder: SeriesRecorder, blob_store: blobs.BlobStore) -> None:
         self.settings = settings
+        self.blob_store = blob_store
         self.redis = redis
         self.scaler = scaler
         self.recorder = recorder
@@ -125,19 +144,20 @@ class PlatformAPI:
 
     # ---- deployments ------------------------------------------------------------------
     async def create(self, request: web.Request) -> web.Response:
-        spec_data, artifact = await _read_upload(request, self.settings.max_artifact_bytes)
+        upload = await _read_upload(request, INLINE_ARTIFACT_BYTES)
         try:
-            spec = DeploymentSpec.from_dict(spec_data)
+            spec = DeploymentSpec.from_dict(upload.spec)
             spec.check_new()
         except (SpecError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
+        manifest = await self._manifest(upload, spec)
         hosts = await state.live_hosts(self.redis)
         await self._check_python(spec, hosts)
         name, now = spec.name, time.time()
         version = int(await self.redis.incr(_keys.version_counter(name)))
         previous = await state.load_deployment(self.redis, name)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(_keys.artifact(name, version), artifact)
+            pipe.set(_keys.artifact(name, version), manifest.to_json())
             if previous is not None:
                 pipe.delete(_keys.artifact(name, previous.version))
             else:  # a fresh endpoint starts without keys (none of a deleted namesake's)
@@ -167,6 +187,20 @@ class PlatformAPI:
         body = {"name": name, "url": self.url_of(name), "version": version,
                 "replaced": previous is not None}
         return json_response(body, status=200 if previous else 201)
+
+    async def _manifest(self, upload: _Upload, spec: DeploymentSpec) -> Manifest:
+        """The version's blobs, each already in the blob store (an inline artifact is put
+        there now)."""
+        store = self.blob_store
+        if upload.manifest is None:
+            assert upload.artifact is not None
+            if spec.models:
+                raise BadRequest("models need a 'manifest' part naming their files")
+            ref = await blobs.store_inline(store, upload.artifact,
+                                           self.settings.max_blob_bytes)
+            return Manifest(ref)
+        await blobs.check_manifest(store, upload.manifest, spec.models)
+        return upload.manifest
 
     async def _check_python(self, spec: DeploymentSpec, hosts: dict[str, Any]) -> None:
         versions = {str(h.get("python")) for h in hosts.values()} or {python_version()}
@@ -459,16 +493,19 @@ async def _to_dashboard(request: web.Request) -> web.Response:
 
 
 def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
-              recorder: SeriesRecorder | None = None) -> web.Application:
+              recorder: SeriesRecorder | None = None,
+              blob_store: blobs.BlobStore | None = None) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
-        client_max_size=settings.max_artifact_bytes + (1 << 20),
+        client_max_size=INLINE_ARTIFACT_BYTES + (1 << 20),  # blobs are streamed, not read
     )
     app["token_digest"] = bytes.fromhex(settings.token_sha256)
     app["redis"] = redis
-    app["max_body_bytes"] = settings.max_artifact_bytes
+    app["max_body_bytes"] = INLINE_ARTIFACT_BYTES
     recorder = recorder or SeriesRecorder(redis)
-    api = PlatformAPI(settings, redis, scaler, recorder)
+    store = blob_store or blobs.FileBlobStore(settings.blob_dir)
+    blobs.add_blob_routes(app, store, settings.max_blob_bytes)
+    api = PlatformAPI(settings, redis, scaler, recorder, store)
     app.router.add_post("/v1/deployments", api.create)
     app.router.add_get("/v1/deployments", api.list)
     app.router.add_get("/v1/deployments/{name}", api.get)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .. import _keys
 from .._redis import async_redis, sync_redis
 from .._run import serve_app, supervise
 from .api import build_app
@@ -13,6 +18,18 @@ from .series import SeriesRecorder
 from .settings import PlatformSettings
 
 log = logging.getLogger(__name__)
+
+
+async def publish_url(redis: Redis, settings: PlatformSettings, runner: web.AppRunner) -> None:
+    """Where the host agents fetch blobs from: the advertised URL, else the bound address
+    (a wildcard bind advertises this machine's name)."""
+    url = settings.advertise_url
+    if not url:
+        port = runner.addresses[0][1] if runner.addresses else settings.port
+        host = settings.host if settings.host not in ("0.0.0.0", "::", "") else (
+            socket.gethostname())
+        url = f"http://{host}:{port}"
+    await redis.set(_keys.PLATFORM_URL, url.rstrip("/"))
 
 
 async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
@@ -24,6 +41,7 @@ async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     scaler.observed = recorder.observe
     runner = await serve_app(build_app(settings, redis, scaler, recorder), settings.host,
                              settings.port)
+    await publish_url(redis, settings, runner)
     log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
              "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")
     try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .._home import DEFAULT_ACTIVATOR_URL
+from .._home import DEFAULT_ACTIVATOR_URL, home_dir
 from .keepalive import KeepAliveSettings
 from .policy import AutoscalerSettings
 
@@ -19,7 +20,9 @@ class PlatformSettings:
     public_activator_url: str = DEFAULT_ACTIVATOR_URL
     keep_alive_s: float | None = None  # None: the platform's own policy
     keep_alive_bin_s: float = 60.0  # resolution of the learned keep-alive's idle-gap histogram
-    max_artifact_bytes: int = 64 * 2**20
+    blob_dir: Path = field(default_factory=lambda: home_dir() / "blobs")  # the blob store
+    max_blob_bytes: int = 64 * 2**30  # one artifact or model file; over it: 413
+    advertise_url: str = ""  # where agents reach this platform; "" = http://HOST:PORT
 
     def __post_init__(self) -> None:
         if not self.token_sha256:
@@ -33,6 +36,9 @@ class PlatformSettings:
             raise ValueError(f"port={self.port} must be in [0, 65535]")
         if self.keep_alive_s is not None and self.keep_alive_s < 0:
             raise ValueError(f"keep_alive_s={self.keep_alive_s} must be >= 0")
+        if not 1 <= self.max_blob_bytes <= 2**50:
+            raise ValueError(f"max_blob_bytes={self.max_blob_bytes} must be in [1, 2**50] "
+                             "(bytes; the default is 64 GiB)")
         if not self.keep_alive_bin_s > 0:
             raise ValueError(f"keep_alive_bin_s={self.keep_alive_bin_s} must be > 0 (seconds; "
                              "the default is 60)")

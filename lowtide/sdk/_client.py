@@ -13,6 +13,7 @@ import httpx
 from .._home import ClusterConfig, resolve
 from .._jsonable import jsonable
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
+from . import _blobs
 from ._errors import (
     AuthError,
     BadInput,
@@ -124,17 +125,24 @@ class Client:
                memory: str | int = "1Gi", gpu: int = 0, gpu_memory: str | int | None = None,
                requirements: Iterable[str] = (), min_replicas: int = 0,
                max_replicas: int | None = None, timeout: float = 60.0,
-               access: str = "public") -> Endpoint:
+               access: str = "public", models: Iterable[str] = ()) -> Endpoint:
         """Upload fn and return its Endpoint.
 
         Resources are what one replica asks for, and placement keeps them free for it: `cpu`
         cores, `memory` and `gpu_memory` as bytes or '512Mi' / '8Gi', `gpu` whole GPUs
         (pinned with CUDA_VISIBLE_DEVICES), each with at least `gpu_memory`. `access="key"`
-        makes its invoke URL need a key (`create_key`).
+        makes its invoke URL need a key (`create_key`). `models` attaches models of your
+        local BentoML model store by tag ("iris_clf:latest" is resolved now); replicas find
+        them with `bentoml.models.get`. The function and the models' files are uploaded
+        only when the platform does not have them yet.
         """
         if not callable(fn):
             raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
         name = name or getattr(fn, "__name__", "").replace("_", "-").lower()
+        if isinstance(models, str):
+            models = [models]
+        artifact = pickle_function(fn)
+        manifest, blobs = _blobs.prepare(artifact, models)
         try:
             spec = DeploymentSpec(
                 name=name, cpu=cpu, memory_bytes=parse_memory(memory), gpu=gpu,
@@ -143,13 +151,14 @@ class Client:
                 requirements=list(requirements), min_replicas=min_replicas,
                 max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
                 params=parameter_names(fn), access=access,
+                models=[m.tag for m in manifest.models],
             )
             spec.check_new()
         except SpecError as exc:
             raise DeployError(str(exc)) from None
-        artifact = pickle_function(fn)
+        _blobs.upload(self, blobs)
         files = {"spec": (None, json.dumps(spec.to_dict()), _JSON),
-                 "artifact": ("artifact.pkl", artifact, _OCTETS)}
+                 "manifest": (None, manifest.to_json(), _JSON)}
         info = self._api("POST", "/v1/deployments", files=files)
         return Endpoint(self, info["name"], info["url"], spec.params, spec.timeout_s,
                         int(info["version"]))

@@ -42,6 +42,7 @@ from .._redis import Backoff, async_redis
 from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
 from .batching import REGISTRY as BATCH_METRICS
 from .batching import Batcher
+from .blobcache import use_model_store
 from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
@@ -65,6 +66,7 @@ class ReplicaSettings:
     drain_s: float = 10.0
     start_path: str = "full"  # "pool": a prewarmed worker specialized; "full": a new server
     spawned_at: float = 0.0  # when the agent began this start (process spawn or specialize)
+    model_store: Path | None = None  # the attached BentoML models, laid out by the agent
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ReplicaSettings:
@@ -85,6 +87,7 @@ class ReplicaSettings:
             limiter=_limiter_config(e.get("LOWTIDE_FIXED_CONCURRENCY")),
             start_path=e.get("LOWTIDE_START_PATH") or "full",
             spawned_at=float(e.get("LOWTIDE_SPAWNED_AT") or 0.0),
+            model_store=Path(e["LOWTIDE_MODEL_STORE"]) if e.get("LOWTIDE_MODEL_STORE") else None,
         )
 
 
@@ -107,6 +110,8 @@ class Replica:
     def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
         load_started = time.time()
+        if settings.model_store is not None:  # before user code runs (unpickling included)
+            use_model_store(settings.model_store)
         self.fn = LoadedFunction.from_artifact(settings.artifact_path.read_bytes())
         self.phases = {"load_s": time.time() - load_started}
         self._first_done = False

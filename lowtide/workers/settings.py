@@ -22,11 +22,16 @@ class AgentSettings:
     # and the autoscaler watches CPU), memory and GPUs are never overcommitted
     cpu_overcommit: float = 4.0
     gpus: bool = True  # probe GPUs with NVML; False: a CPU host whatever is installed
+    blob_cache_bytes: int = 50 * 2**30  # disk for fetched artifacts and models (LRU)
+    platform_url: str = ""  # where to fetch blobs; "" = the URL the platform publishes
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.cpu_overcommit <= 64.0:
             raise ValueError(f"cpu_overcommit={self.cpu_overcommit!r} must be in [1, 64] "
                              "(LOWTIDE_CPU_OVERCOMMIT / --cpu-overcommit)")
+        if self.blob_cache_bytes < 2**20:
+            raise ValueError(f"blob_cache_bytes={self.blob_cache_bytes!r} must be at least "
+                             "1 MiB (LOWTIDE_BLOB_CACHE_BYTES / --blob-cache-bytes)")
 
     @property
     def bentoml_home(self) -> Path:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 from prometheus_client import Counter, Gauge
@@ -27,6 +26,7 @@ from redis.exceptions import RedisError
 from .. import _keys
 from .._redisserver import free_port
 from . import bento, replica_log
+from .blobcache import DeploymentBlobs, HttpBlobSource, Prepared
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
 from .resources import Gpus
@@ -74,6 +74,8 @@ class ReplicaSupervisor:
         self._stopping = False
         self.pool = (WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool
                      else None)
+        self.blobs = DeploymentBlobs(redis, settings.home, settings.blob_cache_bytes,
+                                     HttpBlobSource(redis, settings.platform_url))
 
     # ---- state the agent reports ------------------------------------------------------
     def count(self) -> int:
@@ -120,14 +122,15 @@ class ReplicaSupervisor:
                 self.redis.set(_keys.build_state(endpoint, version, self.settings.host_id),
                                "ready", ex=86400)
                 return found
-            artifact = self.redis.get(_keys.artifact(endpoint, version))
             spec_raw = self.redis.hget(_keys.deployment(endpoint), "spec")
-            if artifact is None or spec_raw is None:
+            if spec_raw is None:
                 raise LookupError(f"deployment {endpoint} v{version} is gone")
             spec = json.loads(spec_raw)
             key = _keys.build_state(endpoint, version, self.settings.host_id)
             self.redis.set(key, "building", ex=86400)
-            try:
+            try:  # fetches the version's blobs (models too: a later start finds them here)
+                with self.blobs.holding(endpoint, version, f"build-{endpoint}-{version}") as p:
+                    artifact = p.artifact.read_bytes()
                 built = bento.build_bento(endpoint, version, artifact,
                                           spec.get("requirements", []))
             except Exception as exc:
@@ -143,6 +146,15 @@ class ReplicaSupervisor:
         if self._stopping:
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
         spawned_at = time.time()
+        prepared = self.blobs.prepare(endpoint, version, replica_id)  # released when reaped
+        try:
+            return self._start(endpoint, version, replica_id, gpus, spawned_at, prepared)
+        except BaseException:
+            self.blobs.release(replica_id)
+            raise
+
+    def _start(self, endpoint: str, version: int, replica_id: str, gpus: list[int] | None,
+               spawned_at: float, prepared: Prepared) -> str:
         spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
         requirements = spec.get("requirements", [])
         if gpus:
@@ -151,36 +163,27 @@ class ReplicaSupervisor:
                 raise RuntimeError(f"host {self.settings.host_id} has no GPU "
                                    f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
             return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                    tuple(gpus))
+                                    prepared, tuple(gpus))
         if self.pool is not None:
             self.pool.note_cold_start()
             if not bento.unsatisfied(requirements):
                 worker = self.pool.take()
                 if worker is not None:
-                    return self._specialize(worker, endpoint, version, replica_id, spawned_at)
-        return self._start_full(endpoint, version, replica_id, requirements, spawned_at)
-
-    def _artifact_file(self, endpoint: str, version: int) -> Path:
-        path = self.settings.home / "artifacts" / f"{endpoint}-v{version}.pkl"
-        if not path.exists():
-            artifact = self.redis.get(_keys.artifact(endpoint, version))
-            if artifact is None:
-                raise LookupError(f"deployment {endpoint} v{version} is gone")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(artifact)
-            tmp.replace(path)
-        return path
+                    return self._specialize(worker, endpoint, version, replica_id, spawned_at,
+                                            prepared)
+        return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
+                                prepared)
 
     def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
-                    spawned_at: float) -> str:
+                    spawned_at: float, prepared: Prepared) -> str:
         """Fast path: hand the function to a prewarmed worker."""
         rp = worker.extra["rp"]
         assert isinstance(rp, ReplicaProcess)
         rp.endpoint, rp.version, rp.replica_id = endpoint, version, replica_id
         body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
                 "replica_id": replica_id, "address": worker.address,
-                "artifact": str(self._artifact_file(endpoint, version)),
+                "artifact": str(prepared.artifact),
+                "model_store": str(prepared.model_store or ""),
                 "spawned_at": spawned_at}
         with self._lock:
             self.replicas[replica_id] = rp
@@ -234,7 +237,7 @@ class ReplicaSupervisor:
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
     def _start_full(self, endpoint: str, version: int, replica_id: str,
-                    requirements: list[str], spawned_at: float,
+                    requirements: list[str], spawned_at: float, prepared: Prepared,
                     gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         built = self.build(endpoint, version)
@@ -251,6 +254,7 @@ class ReplicaSupervisor:
             "LOWTIDE_REPLICA_ID": replica_id,
             "LOWTIDE_ADDRESS": address,
             "LOWTIDE_ARTIFACT": str(built.artifact_path),
+            "LOWTIDE_MODEL_STORE": str(prepared.model_store or ""),
             "BENTOML_HOME": str(s.bentoml_home),
             "PYTHONUNBUFFERED": "1",
             "LOWTIDE_START_PATH": "full",
@@ -328,6 +332,8 @@ class ReplicaSupervisor:
                 del self.replicas[r.replica_id]
             REPLICAS.set(len(self.replicas))
         for r in exited:
+            if r.replica_id:
+                self.blobs.release(r.replica_id)
             if not r.stopping:
                 CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down

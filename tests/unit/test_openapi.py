@@ -84,6 +84,8 @@ def test_control_plane_operations_need_the_token_or_a_session_and_health_does_no
             op = item[method]
             if path == "/v1/ui/login-links":  # a session cannot make more sessions
                 assert op["security"] == [{"token": []}]
+            elif path.startswith("/v1/host/"):  # host agents' routes: the host token
+                assert op["security"] == [{"hostToken": []}], (method, path)
             elif path.startswith("/v1/"):
                 assert op["security"] == [{"token": []}, {"session": []}], (method, path)
                 assert {"401", "403"} <= set(op["responses"])

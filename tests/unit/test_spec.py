@@ -99,7 +99,7 @@ def test_from_dict_full_round_trip() -> None:
             "gpu_memory_bytes": 16 * GI, "requirements": ["torch>=2.1", "pillow"],
             "min_replicas": 1, "max_replicas": 4,
             "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
-            "access": "key"}
+            "access": "key", "models": ["resnet:v2"]}
     spec = DeploymentSpec.from_dict(data)
     assert spec.to_dict() == data
 
@@ -236,6 +236,8 @@ def _captured_deploy(**resources: object) -> dict[str, object]:
     sent: dict[str, object] = {}
 
     def platform(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/blobs/missing":  # the platform has every blob
+            return httpx.Response(200, json={"missing": [], "max_blob_bytes": 2**30})
         body = request.read()
         start = body.index(b'{"name"')
         sent.update(json.loads(body[start: body.index(b"\r\n", start)]))

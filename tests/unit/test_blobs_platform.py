@@ -1,0 +1,90 @@
+"""The platform's blob routes in process: what is missing, upload once, digest and size
+bounds, and the host agents' fetch with the host token."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from lowtide._http import errors_middleware
+from lowtide.platform.blobs import FileBlobStore, add_blob_routes
+
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+LIMIT = 1024
+DATA = b"weights" * 100
+DIGEST = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+async def http(tmp_path: Path):  # type: ignore[no-untyped-def]
+    app = web.Application(middlewares=[errors_middleware])
+    app["host_token"] = "host-secret"
+    add_blob_routes(app, FileBlobStore(tmp_path / "blobs"), LIMIT)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_a_blob_is_uploaded_once_and_then_not_missing(http: TestClient) -> None:
+    query = {"blobs": [{"sha256": DIGEST, "size": len(DATA)}]}
+    r = await http.post("/v1/blobs/missing", json=query)
+    assert (await r.json())["missing"] == [DIGEST]
+    r = await http.put(f"/v1/blobs/{DIGEST}", data=DATA)
+    assert r.status == 201, await r.text()
+    r = await http.put(f"/v1/blobs/{DIGEST}", data=DATA)
+    assert r.status == 200 and (await r.json())["stored"] is False
+    r = await http.post("/v1/blobs/missing", json=query)
+    assert (await r.json()) == {"missing": [], "max_blob_bytes": LIMIT}
+
+
+async def test_bytes_that_are_not_the_digest_are_refused(http: TestClient) -> None:
+    r = await http.put(f"/v1/blobs/{DIGEST}", data=DATA + b"!")
+    assert r.status == 400
+    assert "refused" in (await r.json())["detail"]
+    r = await http.post("/v1/blobs/missing",
+                        json={"blobs": [{"sha256": DIGEST, "size": len(DATA)}]})
+    assert (await r.json())["missing"] == [DIGEST]  # nothing was kept
+
+
+async def test_over_the_blob_limit_is_413_before_and_during_the_upload(
+        http: TestClient) -> None:
+    big = b"x" * (LIMIT + 1)
+    digest = hashlib.sha256(big).hexdigest()
+    r = await http.post("/v1/blobs/missing", json={"blobs": [{"sha256": digest,
+                                                              "size": len(big)}]})
+    assert r.status == 413
+    assert "over the blob limit of 1024 bytes" in (await r.json())["detail"]
+    r = await http.put(f"/v1/blobs/{digest}", data=big)
+    assert r.status == 413
+
+    async def chunked():  # type: ignore[no-untyped-def]  # no Content-Length: counted
+        yield big
+
+    r = await http.put(f"/v1/blobs/{digest}", data=chunked())
+    assert r.status == 413
+
+
+async def test_hosts_fetch_with_the_host_token_only(http: TestClient) -> None:
+    await http.put(f"/v1/blobs/{DIGEST}", data=DATA)
+    r = await http.get(f"/v1/host/blobs/{DIGEST}")
+    assert r.status == 401
+    r = await http.get(f"/v1/host/blobs/{DIGEST}", headers={"Authorization": "Bearer nope"})
+    assert r.status == 401
+    auth = {"Authorization": "Bearer host-secret"}
+    r = await http.get(f"/v1/host/blobs/{DIGEST}", headers=auth)
+    assert r.status == 200 and await r.read() == DATA
+    r = await http.get(f"/v1/host/blobs/{'0' * 64}", headers=auth)
+    assert r.status == 404
+
+
+async def test_bad_queries_are_400(http: TestClient) -> None:
+    for body in ({}, {"blobs": [{"sha256": "abc", "size": 1}]},
+                 {"blobs": [{"sha256": DIGEST, "size": -1}]}):
+        r = await http.post("/v1/blobs/missing", json=body)
+        assert r.status == 400, body
+    r = await http.put("/v1/blobs/not-a-digest", data=b"x")
+    assert r.status == 404
