@@ -1,4 +1,4 @@
-"""Bounds with clear answers: artifact size, and the embedded Redis fallback."""
+"""Bounds with clear answers: inline artifact size, and the embedded Redis fallback."""
 
 from __future__ import annotations
 
@@ -14,14 +14,20 @@ from lowtide._redisserver import find_redis_server, start_redis_server
 pytestmark = pytest.mark.integration
 
 
-def test_artifact_over_the_limit_is_refused_with_413(client: Client) -> None:
-    blob = b"x" * (65 * 2**20)  # over the default 64 MiB artifact limit
+def test_an_inline_artifact_over_its_limit_is_refused_with_413(client: Client) -> None:
+    """The SDK uploads artifacts as blobs (bounded by the platform's blob limit, see
+    tests/unit/test_blobs_platform.py); one sent inside the deploy request is bounded too."""
+    import json
 
-    def big(x):
-        return len(blob) + x
+    import httpx
 
-    with pytest.raises(lowtide.DeployError, match=r"payload too large.*over the limit"):
-        client.deploy(big, name="too-big")
+    cfg = client.config
+    files = {"spec": (None, json.dumps({"name": "too-big"}), "application/json"),
+             "artifact": ("a.pkl", b"x" * (17 * 2**20), "application/octet-stream")}
+    r = httpx.post(f"{cfg.platform_url}/v1/deployments", files=files, timeout=60,
+                   headers={"Authorization": f"Bearer {cfg.token}"})
+    assert r.status_code == 413, r.text
+    assert "upload it as a blob" in r.json()["detail"]
     with pytest.raises(lowtide.EndpointNotFound):
         client.status("too-big")
 
