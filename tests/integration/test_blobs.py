@@ -1,7 +1,7 @@
 """Models and large artifacts as blobs, with real processes: a 150 MiB BentoML model made in
-the test is deployed, fetched by two agents with caches of their own (one serving through
-its prewarmed pool, one through a Bento and `bentoml serve`), read in the replicas with
-`bentoml.models.get`, and deployed again under another name without a byte uploaded.
+the test is deployed, fetched by two agents with caches of their own, read in a replica on
+each host with `bentoml.models.get`, and deployed again, under another name and under its
+own, without a byte uploaded or fetched again.
 
 The cluster is this module's own (Redis, platform, activator, two agents): the session
 cluster's agent must not fetch these blobs.
@@ -33,7 +33,7 @@ from tests.conftest import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MODEL_BYTES = 150 * 2**20
-AGENTS = {"h1": ("--port", "0"), "h2": ("--port", "0", "--no-pool")}
+AGENTS = {"h1": ("--port", "0"), "h2": ("--port", "0")}
 
 
 @dataclass
@@ -72,9 +72,10 @@ class BlobCluster:
         return float(m.group(1)) if m else 0.0
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):  # agents first
+        for proc in self.procs.values():  # all at once: each stops cleanly on its own
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
             try:
                 proc.wait(40)
             except subprocess.TimeoutExpired:
