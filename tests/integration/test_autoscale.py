@@ -77,3 +77,28 @@ def test_status_reports_replica_cpu(client: Client, unique_name: str) -> None:
 
     found = wait_for(measured, 20, "a CPU measurement of the replica")
     assert isinstance(found, list) and found[0]["cpu_cores"] >= 0.0
+
+
+def test_a_saturated_warm_endpoint_scales_out_on_the_waiters_in_memory(
+    client: Client, unique_name: str
+) -> None:
+    """One warm replica of a CPU-bound function under a closed loop far over its limit:
+    the requests over it wait in the activator's memory (not in the stream), the platform
+    counts them as queued, and the endpoint gets more replicas, each step with its reason."""
+    from tests.integration.test_limits import busy, load
+
+    ep = client.deploy(busy, name=unique_name, min_replicas=1, max_replicas=4)
+    assert ep(0, ms=50) == 0
+
+    def scaled_out() -> list[dict] | None:
+        ups = [e for e in ep.events() if (e["to"] or 0) > (e["from"] or 0) >= 1]
+        return ups or None
+
+    with load(ep.url, 24, {"x": 1, "ms": 50}) as statuses:
+        ups = wait_for(scaled_out, 90, "a scale-out under load")
+    assert statuses and set(statuses) == {200}
+    up = ups[-1]  # the first step up from the warm replica (events are newest first)
+    assert up["kind"] in ("panic", "scale-up") and up["to"] <= 4
+    assert re.match(rf"{up['from']} -> {up['to']}: {up['kind']}\b", up["reason"]), up
+    assert up["inputs"]["queued"] > 0  # the waiters in memory reached the autoscaler
+    assert "queue lag" in up["reason"] or up["inputs"]["in_flight"] > 0, up

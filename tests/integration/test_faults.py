@@ -190,6 +190,47 @@ def test_activator_sigkill_keeps_buffered_async_requests(
     _fetch_all(lc, payloads, ids)  # through the new activator
 
 
+def _waiting_in_memory(lc: LocalComponents, name: str) -> float:
+    metrics = httpx.get(f"{lc.config.activator_url}/metrics", timeout=10).text
+    prefix = f'lowtide_endpoint_waiting_in_memory{{endpoint="{name}"}} '
+    return next((float(line[len(prefix):]) for line in metrics.splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
+def test_activator_sigkill_with_waiters_in_memory_fails_only_their_callers(
+    lc: LocalComponents, client: Client, redis: Redis, tmp_path: Path
+) -> None:
+    """Requests waiting in the activator's memory never reached a replica: when it dies,
+    their callers' connections fail and nothing else is left behind (no stream entry, no
+    run of them later); what the replica was running finishes and frees its slots."""
+    name = _name("waiters")
+    ep = client.deploy(tagged, name=name, min_replicas=1, max_replicas=1)
+    warm = _payloads(1)[0]
+    _check(warm, 200, httpx.post(ep.url, json={"payload": warm}, timeout=120).content)
+    runs = tmp_path / "runs.txt"
+    payloads = _payloads(12, sleep=0.5, log=str(runs))
+    calls = Calls(ep.url, payloads, timeout_s=60)
+    wait_for(lambda: _waiting_in_memory(lc, name) > 0, 30, "requests waiting in memory")
+    lc.kill("activator", signal.SIGKILL)
+    results = calls.join()
+    answered = set()
+    for p in payloads:
+        got = results[p["id"]]
+        if not isinstance(got, Exception):
+            _check(p, *got)  # answered before the kill: its own result
+            answered.add(p["id"])
+    assert len(answered) < len(payloads), "no caller was waiting when the activator died"
+    # the replica finishes what it was running and holds nothing; the stream holds nothing
+    items = wait_for(lambda: [r for r in client.status(name)["replicas"]["items"]
+                              if r["in_flight"] == 0] or None, 30, "the replica to finish")
+    assert redis.xlen(f"lt:q:{name}") == 0
+    ran = runs.read_text().split()
+    assert len(ran) == len(set(ran)) and answered <= set(ran)  # each ran once at most
+    # beyond the answered ones, only what was running on the replica when the activator
+    # died ran: the waiters in memory never reached it
+    assert len(set(ran) - answered) <= max(r["limit"] for r in items)
+
+
 # ---- agent ------------------------------------------------------------------------------
 def test_agent_sigkill_requests_answered_after_replacement(
     lc: LocalComponents, client: Client, redis: Redis
