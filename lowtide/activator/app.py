@@ -31,7 +31,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import (
@@ -74,6 +74,7 @@ from .metrics import RoutesCollector
 from .replies import ReplyHub
 from .routes import EndpointRoute, ReplicaRoute, Routes
 from .settings import ActivatorSettings
+from .streams import Streamed, is_stream, respond
 from .upstream import Response, UpstreamError, Upstreams
 from .waiters import Waiters
 
@@ -123,6 +124,8 @@ class Call:
     timeout_s: float  # how long the function may run
     start_by: float  # latest start, seconds since the epoch (bounds the wait in the queue)
     arrived_at: float = 0.0  # seconds since the epoch (orders waiters against the stream)
+    # the caller's Accept when it asks for server-sent events (passed to the replica)
+    accept: dict[str, str] = field(default_factory=dict)
 
 
 class Activator:
@@ -188,8 +191,10 @@ class Activator:
         content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
         now = time.time()
+        accept = request.headers.get("Accept", "")
         call = Call(content_type, body, self._timeout_s(request, endpoint),
-                    start_by=now + self.settings.max_queue_wait_s, arrived_at=now)
+                    start_by=now + self.settings.max_queue_wait_s, arrived_at=now,
+                    accept={"Accept": accept} if "event-stream" in accept else {})
         self._arrivals[name] += 1
         if request.query.get("async") in ("1", "true", "yes"):
             request_id, _ = await self._buffer(endpoint, call, reply_to="")
@@ -203,11 +208,13 @@ class Activator:
             path = "buffered"
             result = await self._buffer_and_wait(endpoint, call)
         REQUESTS.labels(name, path, str(result.status)).inc()
-        elapsed_s = time.perf_counter() - started
+        elapsed_s = time.perf_counter() - started  # a stream's: to its head
         LATENCY.labels(path).observe(elapsed_s)
         counts = self._latencies.setdefault(name, {})
         bucket = _latency.bucket_of(elapsed_s)
         counts[bucket] = counts.get(bucket, 0) + 1
+        if is_stream(result):  # a generator's answer: sent as it comes
+            return await respond(request, self.redis, result, call.timeout_s)
         return web.Response(status=result.status, body=result.body,
                             headers={"Content-Type": result.content_type})
 
@@ -300,8 +307,8 @@ class Activator:
         started = time.perf_counter()
         try:
             resp = await self.upstreams.get(replica.address).post(
-                {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s)},
-                call.body, call.timeout_s + REPLY_MARGIN_S)
+                {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s),
+                 **call.accept}, call.body, call.timeout_s + REPLY_MARGIN_S)
         except asyncio.TimeoutError:
             self.waiters.release(endpoint.name, replica)
             return timeout_result(call.timeout_s)
@@ -328,7 +335,10 @@ class Activator:
             return _BUSY_ANSWER
         replica.share = share_after_answer(replica.share, replica.limit)
         replica.requests += 1
-        self.waiters.observe(name, latency_s)
+        self.waiters.observe(name, latency_s)  # a stream's: the time to its first value
+        if resp.stream is not None:
+            return Streamed(resp.status, resp.headers.get("content-type", JSON), b"",
+                            resp.stream)
         return Result(resp.status, resp.headers.get("content-type", JSON), resp.body)
 
     async def _buffer(self, endpoint: EndpointRoute, call: Call, reply_to: str,

@@ -14,12 +14,20 @@ back, the request is sent again on a new one (the replica never read it). Every 
 failure is an `UpstreamError` for the caller (the activator then buffers the request).
 An answer must carry its length (Content-Length or chunked, as uvicorn's always do); one
 delimited by closing the connection counts as broken.
+
+Streamed answers (a generator function's, marked `X-Lowtide-Stream` by the replica) come
+back as soon as their head is parsed, with a `BodyStream` the caller reads chunks from as
+they arrive; the connection returns to the pool when the body is complete, and is closed
+when the reader stops early (the replica then closes the generator). Reading pauses while
+the reader falls behind. Every other answer takes the buffered path above, unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import httptools
@@ -32,10 +40,81 @@ class UpstreamError(Exception):
     """The replica could not be reached, or broke the connection before answering."""
 
 
+STREAM_HEADER = "x-lowtide-stream"
+PAUSE_CHUNKS = 64  # unread chunks of a streamed answer at which reading pauses
+
+
+class BodyStream:
+    """The body of a streamed answer, chunk by chunk as it arrives."""
+
+    def __init__(self, transport: asyncio.Transport | None) -> None:
+        self._transport = transport
+        self._chunks: deque[bytes] = deque()
+        self._arrived = asyncio.Event()
+        self._paused = False
+        self.complete = False
+        self._error: Exception | None = None
+        self._on_end: Callable[[bool], None] | None = None
+        self._ended: bool | None = None  # how it ended: complete (True) or broken off
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._arrived.set()
+        if len(self._chunks) >= PAUSE_CHUNKS and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def end(self) -> None:
+        self.complete = True
+        self._arrived.set()
+        self._finish(True)
+
+    def fail(self, exc: Exception) -> None:
+        self._error = exc
+        self._arrived.set()
+        self._finish(False)
+
+    async def read(self, timeout_s: float) -> bytes | None:
+        """What arrived since the last read (waiting up to timeout_s for something, else
+        asyncio.TimeoutError); None at the end; UpstreamError when it broke off."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return None
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    def close(self) -> None:
+        """Stop reading: an incomplete answer's connection is closed."""
+        if not self.complete and self._transport is not None:
+            self._transport.close()
+        self._finish(False)
+
+    def attach(self, on_end: Callable[[bool], None]) -> None:
+        self._on_end = on_end
+        if self._ended is not None:
+            on_end(self._ended)
+
+    def _finish(self, complete: bool) -> None:
+        if self._ended is not None:
+            return
+        self._ended = complete
+        if self._on_end is not None:
+            self._on_end(complete)
+
+
 class Response(NamedTuple):
     status: int
     headers: dict[str, str]  # names in lower case
     body: bytes
+    stream: BodyStream | None = None  # a streamed answer's body (then `body` is empty)
 
 
 class _Connection(asyncio.Protocol):
@@ -49,6 +128,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._keep_alive = True
+        self._stream: BodyStream | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,18 +147,37 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(UpstreamError(f"connection closed before the answer was complete"
-                                 f"{f' ({exc})' if exc else ''}"))
+        error = UpstreamError(f"connection closed before the answer was complete"
+                              f"{f' ({exc})' if exc else ''}")
+        self._fail(error)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.fail(error)
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        if STREAM_HEADER in self._headers:  # streamed: answer with the head, body follows
+            self._stream = BodyStream(self.transport)
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(Response(self.parser.get_status_code(), self._headers, b"",
+                                           self._stream))
+
     def on_body(self, body: bytes) -> None:
+        if self._stream is not None:
+            self._stream.feed(body)
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._keep_alive = self.parser.should_keep_alive()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.end()
+            return
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(Response(self.parser.get_status_code(), self._headers,
@@ -164,12 +263,18 @@ class Upstream:
             raise
         finally:
             timer.cancel()
-        if conn.reusable() and not self.closed:
+        if response.stream is not None:
+            response.stream.attach(lambda complete: self._release(conn, complete))
+        else:
+            self._release(conn, True)
+        return response
+
+    def _release(self, conn: _Connection, complete: bool) -> None:
+        if complete and conn.reusable() and not self.closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
-        return response
 
     def _take(self) -> _Connection | None:
         """The most recently used open connection (LIFO keeps few connections warm)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +13,7 @@ import httpx
 from .._home import ClusterConfig, resolve
 from .._jsonable import jsonable
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
-from . import _blobs
+from . import _blobs, _stream
 from ._errors import (
     AuthError,
     BadInput,
@@ -75,6 +75,8 @@ def decode_result(response: httpx.Response) -> Any:
     media = response.headers.get("content-type", _JSON).split(";")[0].strip()
     if media == _OCTETS:
         return response.content
+    if media == "application/x-ndjson":  # a stream's whole sequence (an async call's)
+        return [json.loads(line) for line in response.content.splitlines() if line]
     return response.json()
 
 
@@ -291,6 +293,21 @@ class Endpoint:
 
     def call(self, **kwargs: Any) -> Any:
         return self(**kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Call a generator endpoint: `for item in ep.stream(...)` gets each yielded value
+        as it is yielded (bytes in the pieces they arrive in). Leaving the loop early
+        closes the generator in the replica."""
+        content_type, body = encode_call(self.params, args, kwargs)
+        return _stream.stream(self.client._http, self.client.invoke_url(self.name),
+                              content_type, body, self.key,
+                              self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
+
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """`async for item in ep.astream(...)`: `stream` for asyncio code."""
+        content_type, body = encode_call(self.params, args, kwargs)
+        return _stream.astream(self.client.invoke_url(self.name), content_type, body,
+                               self.key, self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
 
     def submit(self, *args: Any, **kwargs: Any) -> Handle:
         content_type, body = encode_call(self.params, args, kwargs)

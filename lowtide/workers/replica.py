@@ -46,6 +46,7 @@ from .blobcache import use_model_store
 from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
+from .streaming import ChunkStream, is_streaming, open_direct, relay_queued
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Replica:
         self.batcher = None if spec is None else Batcher(self.fn, spec, self.executor,
                                                          settings.endpoint)
         self.slots = Slots(self._admit_limit())
+        self.streams = is_streaming(self.fn)  # a generator function: answers stream
         self._recorded_limit = 0  # the limit last written to the replica record
         self.redis: Redis = async_redis(settings.redis_url)
         self.consumer = f"{settings.replica_id}.{os.getpid()}"
@@ -210,6 +212,8 @@ class Replica:
         late_s = time.time() - request.start_by
         if late_s > 0:
             return queue_expired_result(late_s)
+        if self.streams:
+            return await relay_queued(self.redis, self.fn, request, self.executor)
         return await self._measured(request.content_type, request.body, request.timeout_s,
                                     time.monotonic() - late_s)
 
@@ -235,6 +239,21 @@ class Replica:
         if not self._first_done:
             await self._note_first_response()
         return result
+
+    async def open_stream(self, content_type: str, body: bytes, timeout_s: float,
+                          accept: str) -> Result | ChunkStream | None:
+        """Start a direct streamed call (None: at the limit); the time to its first chunk
+        is the limiter's sample."""
+        in_flight = self.slots.in_use + 1
+
+        def first(latency_s: float) -> None:
+            now = time.monotonic()
+            self.last_done_at = time.time()
+            self.limiter.on_sample(latency_s, in_flight, now)
+            self.slots.set_limit(self._admit_limit())
+
+        return await open_direct(self.fn, self.slots, self.executor, content_type, body,
+                                 timeout_s, accept, self.load_headers(), first)
 
     def _limit(self) -> int:
         return self.limiter.limit if self.batcher is None else self.batcher.item_limit
@@ -447,7 +466,15 @@ async def _invoke(request: Request) -> Response:
         timeout_s = float(request.headers.get(TIMEOUT_HEADER) or DEFAULT_TIMEOUT_S)
     except ValueError:
         timeout_s = DEFAULT_TIMEOUT_S
-    result = await replica.run_direct(request.headers.get("content-type", ""), body, timeout_s)
+    content_type = request.headers.get("content-type", "")
+    if replica.streams:
+        answer = await replica.open_stream(content_type, body, timeout_s,
+                                           request.headers.get("accept", ""))
+        if isinstance(answer, ChunkStream):
+            return answer
+        result = answer
+    else:
+        result = await replica.run_direct(content_type, body, timeout_s)
     headers = replica.load_headers()
     if result is None:
         return JSONResponse({"error": "busy", "detail": "the replica is at its concurrency "
