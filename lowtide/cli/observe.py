@@ -22,6 +22,9 @@ def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
     iv.add_argument("payload", nargs="?", default="{}", help="JSON (default {})")
     iv.add_argument("--async", dest="is_async", action="store_true",
                     help="submit and print the request id")
+    iv.add_argument("--stream", action="store_true",
+                    help="a generator endpoint: print each value (a JSON line) as it is "
+                    "yielded; bytes go to stdout as they come")
     iv.add_argument("--key", default=env_value(env, "LOWTIDE_KEY", ""),
                     help="invoke key, for an endpoint whose access is 'key' (env LOWTIDE_KEY)")
     db = sub.add_parser("dashboard", help="open the web dashboard, signed in (a one-time "
@@ -119,6 +122,8 @@ def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise ValueError(f"payload is not JSON: {exc}") from None
     client = sdk_client()
     url = client.invoke_url(args.name)
+    if args.stream:
+        return _print_stream(client, url, args.payload, args.key)
     params = {"async": "1"} if args.is_async else None
     try:
         headers = {"Content-Type": "application/json"}
@@ -136,6 +141,19 @@ def cmd_invoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         sys.stdout.buffer.write(value)
     else:
         print(json.dumps(value))
+    return 0
+
+
+def _print_stream(client: Any, url: str, payload: str, key: str) -> int:
+    from ..sdk._stream import stream
+
+    for value in stream(client._http, url, "application/json", payload.encode(), key or None,
+                        3700.0):
+        if isinstance(value, bytes):
+            sys.stdout.buffer.write(value)
+            sys.stdout.buffer.flush()
+        else:
+            print(json.dumps(value), flush=True)
     return 0
 
 

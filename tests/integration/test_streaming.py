@@ -13,15 +13,16 @@ import pytest
 from redis import Redis
 
 import lowtide
-from lowtide import Client, _keys
+from lowtide import Client, _keys, cli
 
 from ..conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_streams(client: Client, http: httpx.Client, redis: Redis, unique_name: str,
-                 tmp_path: Path) -> None:
+def test_streams(client: Client, http: httpx.Client, redis: Redis, cluster, unique_name: str,
+                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture[str]) -> None:
     def tokens(n: int = 3, delay: float = 0.0, mode: str = "ok", marker: str = ""):
         import pathlib
         import time
@@ -66,6 +67,17 @@ def test_streams(client: Client, http: httpx.Client, redis: Redis, unique_name: 
             got.append(item)
     assert got == [{"token": 0}]
 
+    # the CLI prints each value as a JSON line
+    cfg = cluster.config
+    monkeypatch.setenv("LOWTIDE_ACTIVATOR_URL", cfg.activator_url)
+    monkeypatch.setenv("LOWTIDE_PLATFORM_URL", cfg.platform_url)
+    monkeypatch.setenv("LOWTIDE_TOKEN", cfg.token)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["invoke", unique_name, '{"n": 2}', "--stream"])
+    assert exited.value.code in (0, None)
+    assert capsys.readouterr().out == '{"token": 0}\n{"token": 1}\n'
+
     # async: the whole sequence is stored
     assert ep.submit(n=3).result(timeout=30) == [{"token": i} for i in range(3)]
 
@@ -91,3 +103,6 @@ def test_streams(client: Client, http: httpx.Client, redis: Redis, unique_name: 
     wait_for(lambda: replica()["in_flight"] == 0, 20, "every aborted stream's slot freed")
     grown = worker.memory_info().rss - rss_before
     assert grown < 10 * 2**20, f"the replica grew {grown / 2**20:.1f} MiB over 200 streams"
+    metrics = http.get("/metrics").text
+    assert f'endpoint="{unique_name}",path="warm",status="200"' in metrics  # passed through
+    assert f'endpoint="{unique_name}",path="buffered",status="200"' in metrics  # via Redis
