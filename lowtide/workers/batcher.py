@@ -40,6 +40,7 @@ FORGET = 0.95  # weight kept by past batches at each new one
 GAP_ALPHA = 0.1  # weight of a new arrival gap in its average
 FIRST_CAP = 8  # the cap before any batch was measured
 HARD_MAX = 4096  # no batch is ever larger, whatever the curve says
+FIXED_MAX_BATCH = 256  # the fixed-wait baseline's batch size without max_batch_size
 MIN_SPREAD = 0.25  # variance of batch sizes below which the line's slope is unknown
 
 
@@ -196,3 +197,27 @@ class BatchPolicy:
             "max_batch": self.cap(), "cap_reason": self.cap_reason,
             "arrival_gap_ms": None if self.gap_s is None else round(self.gap_s * 1000, 3),
         }
+
+
+class FixedWaitPolicy(BatchPolicy):
+    """The baseline of bench/batching.py (LOWTIDE_BATCH_FIXED_WAIT_MS): a fixed window, as
+    Ray Serve's `batch_wait_timeout_s`: a batch runs when it is full (`max_batch_size`,
+    FIXED_MAX_BATCH without one) or when its oldest item has waited `wait_s`."""
+
+    def __init__(self, wait_s: float, max_batch_size: int | None = None) -> None:
+        super().__init__(max_batch_size or FIXED_MAX_BATCH)
+        self.wait_s = wait_s
+
+    def cap(self, timeout_s: float = math.inf) -> int:
+        self.cap_reason = "fixed"
+        return self.max_batch_size
+
+    def decide(self, obs: BatchObservation, now: float) -> BatchDecision:
+        if obs.queued == 0 or obs.running > 0:
+            return BatchDecision(0, None, "nothing queued or a batch is running")
+        if obs.queued >= self.max_batch_size:
+            return BatchDecision(self.max_batch_size, None, "full batch")
+        left_s = self.wait_s - obs.oldest_wait_s
+        if left_s <= 0:
+            return BatchDecision(obs.queued, None, f"waited {self.wait_s * 1000:g} ms")
+        return BatchDecision(0, left_s, "fixed wait")

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from .._batched import BatchSpec
 from .._protocol import Result, error_result, timeout_result
-from .batcher import BatchObservation, BatchPolicy
+from .batcher import BatchObservation, BatchPolicy, FixedWaitPolicy
 from .runtime import (
     CANCEL_GRACE_S,
     BadInput,
@@ -87,9 +87,11 @@ class BatchStats:
 
 class Batcher:
     def __init__(self, fn: LoadedFunction, spec: BatchSpec, executor: Executor | None,
-                 endpoint: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+                 endpoint: str = "", clock: Callable[[], float] = time.monotonic,
+                 fixed_wait_s: float | None = None) -> None:
         self.fn = fn
-        self.policy = BatchPolicy(spec.max_batch_size)
+        self.policy = BatchPolicy(spec.max_batch_size) if fixed_wait_s is None else (
+            FixedWaitPolicy(fixed_wait_s, spec.max_batch_size))
         self.stats = BatchStats(endpoint, getattr(fn.fn, "__name__", "function"))
         self._executor = executor
         self._clock = clock

@@ -68,6 +68,7 @@ class ReplicaSettings:
     start_path: str = "full"  # "pool": a prewarmed worker specialized; "full": a new server
     spawned_at: float = 0.0  # when the agent began this start (process spawn or specialize)
     model_store: Path | None = None  # the attached BentoML models, laid out by the agent
+    batch_fixed_wait_s: float | None = None  # a fixed batch window instead of the learned
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ReplicaSettings:
@@ -89,7 +90,23 @@ class ReplicaSettings:
             start_path=e.get("LOWTIDE_START_PATH") or "full",
             spawned_at=float(e.get("LOWTIDE_SPAWNED_AT") or 0.0),
             model_store=Path(e["LOWTIDE_MODEL_STORE"]) if e.get("LOWTIDE_MODEL_STORE") else None,
+            batch_fixed_wait_s=_fixed_wait_s(e.get("LOWTIDE_BATCH_FIXED_WAIT_MS")),
         )
+
+
+def _fixed_wait_s(raw: str | None) -> float | None:
+    """LOWTIDE_BATCH_FIXED_WAIT_MS: batches wait this long to fill instead of deciding
+    per batch (the baseline of bench/batching.py, not a setting to tune)."""
+    if not raw:
+        return None
+    try:
+        wait_ms = float(raw)
+    except ValueError:
+        wait_ms = -1.0
+    if not 0 <= wait_ms <= 10_000:
+        raise RuntimeError(f"LOWTIDE_BATCH_FIXED_WAIT_MS={raw!r} must be milliseconds in "
+                           "[0, 10000]")
+    return wait_ms / 1000
 
 
 def _limiter_config(fixed: str | None) -> LimiterConfig:
@@ -121,8 +138,9 @@ class Replica:
         self.executor = ThreadPoolExecutor(settings.limiter.max_limit, thread_name_prefix="fn")
         spec = batch_spec(self.fn.fn)
         # a batched function's limit counts items and comes from its batch policy
-        self.batcher = None if spec is None else Batcher(self.fn, spec, self.executor,
-                                                         settings.endpoint)
+        self.batcher = None if spec is None else Batcher(
+            self.fn, spec, self.executor, settings.endpoint,
+            fixed_wait_s=settings.batch_fixed_wait_s)
         self.slots = Slots(self._admit_limit())
         self.streams = is_streaming(self.fn)  # a generator function: answers stream
         self._recorded_limit = 0  # the limit last written to the replica record

@@ -11,6 +11,7 @@ from lowtide.workers.batcher import (
     BatchObservation,
     BatchPolicy,
     CostFit,
+    FixedWaitPolicy,
     LineFit,
     efficient_size,
     size_within_s,
@@ -172,3 +173,11 @@ def test_view_names_the_learned_parameters() -> None:
     assert v["fixed_ms"] == pytest.approx(10.0, abs=0.01)
     assert v["per_item_ms"] == pytest.approx(1.0, abs=0.01)
     assert v["arrival_gap_ms"] == pytest.approx(2.0)
+
+
+def test_fixed_wait_baseline() -> None:
+    p = FixedWaitPolicy(0.010, max_batch_size=4)
+    assert p.decide(obs(1, oldest_wait_s=0.002), 0.0).wait_s == pytest.approx(0.008)
+    assert p.decide(obs(2, oldest_wait_s=0.011), 0.0).take == 2
+    assert p.decide(obs(9), 0.0).take == 4
+    assert p.item_limit == 8
