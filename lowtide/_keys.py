@@ -123,6 +123,20 @@ def invoke_keys(name: str) -> str:
     return f"{PREFIX}keys:{name}"
 
 
+SECRETS = PREFIX + "secrets"  # set of secret names
+
+
+def secret(name: str) -> str:
+    """Hash KEY -> value of one secret (values never leave the platform API but to the
+    agents that start replicas using it); `secret_meta` holds when it was set."""
+    return f"{PREFIX}secret:{name}"
+
+
+def secret_meta(name: str) -> str:
+    """Hash: updated_at."""
+    return f"{PREFIX}secretmeta:{name}"
+
+
 def decisions(name: str) -> str:
     """Stream of scaling decisions, newest last, capped."""
     return f"{PREFIX}dec:{name}"

@@ -25,6 +25,12 @@ _FACTORS = {
 MAX_TIMEOUT_S = 3600.0
 MAX_REQUIREMENTS = 100
 MAX_REQUIREMENT_CHARS = 511
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # use with fullmatch
+RESERVED_ENV_PREFIXES = ("LOWTIDE_", "BENTOML_")  # the replica's own settings
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONUNBUFFERED"})
+MAX_ENV_VARS = 200
+MAX_ENV_BYTES = 64 * 1024  # names and values of one deployment's env, or one secret
+MAX_SECRETS = 50
 PUBLIC, KEY = "public", "key"  # invoke access of an endpoint (lowtide._auth checks it)
 ACCESS_MODES = (PUBLIC, KEY)
 
@@ -62,6 +68,40 @@ def check_requirement(text: object) -> str:
                         "allowed: name a package on the index (e.g. 'mypkg==1.0'), or put "
                         "the code into the deployed function")
     return text
+
+
+def check_env(env: object, what: str = "env") -> dict[str, str]:
+    """Environment variables a replica gets: names like shell variables, string values, none
+    of the replica's own settings (LOWTIDE_*, BENTOML_*, the GPU pinning). Errors name the
+    variable, never its value (a secret's value must not reach an error body)."""
+    if not isinstance(env, dict):
+        raise SpecError(f"{what} must be an object of NAME: value strings")
+    if len(env) > MAX_ENV_VARS:
+        raise SpecError(f"{what} has {len(env)} variables: at most {MAX_ENV_VARS}")
+    size = 0
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise SpecError(f"{what}: {str(key)[:40]!r} is not a variable name (letters, "
+                            "digits and '_', not starting with a digit)")
+        if key.upper().startswith(RESERVED_ENV_PREFIXES) or key in RESERVED_ENV:
+            raise SpecError(f"{what}: {key} is set by lowtide itself; choose another name")
+        if not isinstance(value, str) or "\0" in value:
+            raise SpecError(f"{what}: the value of {key} must be a string without NUL bytes")
+        size += len(key) + len(value.encode())
+    if size > MAX_ENV_BYTES:
+        raise SpecError(f"{what} is {size} bytes: at most {MAX_ENV_BYTES}")
+    return env
+
+
+def check_secret_names(names: object) -> list[str]:
+    if not isinstance(names, list) or len(names) > MAX_SECRETS:
+        raise SpecError(f"secrets must be a list of at most {MAX_SECRETS} secret names, "
+                        "e.g. ['hf-token']")
+    for name in names:
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise SpecError(f"secret name {name!r} is not allowed: 1-63 characters, lowercase "
+                            "letters, digits and '-', starting with a letter")
+    return names
 
 
 def parse_memory(value: object, key: str = "memory") -> int:
@@ -102,6 +142,8 @@ class DeploymentSpec:
     params: list[str] | None = None  # parameter names, to bind positional arguments
     access: str = PUBLIC  # invoke access: PUBLIC, or KEY (an invoke key of this endpoint)
     models: list[str] = field(default_factory=list)  # BentoML model tags, 'name:version'
+    env: dict[str, str] = field(default_factory=dict)  # environment variables of replicas
+    secrets: list[str] = field(default_factory=list)  # names of secrets (values stay apart)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,6 +233,8 @@ class DeploymentSpec:
             isinstance(self.params, list) and all(isinstance(p, str) for p in self.params)
         ):
             raise SpecError("params must be a list of parameter names")
+        check_env(self.env)
+        check_secret_names(self.secrets)
         if self.access not in ACCESS_MODES:
             raise SpecError(f"access={self.access!r} must be one of {', '.join(ACCESS_MODES)} "
                             "(public: anyone with the URL; key: an invoke key of the endpoint)")

@@ -119,6 +119,22 @@ CONTROL_PATHS: dict[str, Any] = {
         "get": _control("list invoke keys (ids and labels, never the keys)", {
             "200": _ok("keys"), "404": _error("no such deployment")}),
     },
+    "/v1/secrets": {
+        "get": _control("list secrets: names, key names and when set (never values)", {
+            "200": _ok("secrets")}),
+    },
+    "/v1/secrets/{name}": {
+        "parameters": [{**NAME, "description": "secret name"}],
+        "put": _control("create or replace a secret; replicas get it at their next start", {
+            "200": _ok("names of its keys"), "400": _error("bad body (never echoes a value)")},
+            requestBody={"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["values"], "additionalProperties": False,
+                "properties": {"values": {"type": "object", "minProperties": 1,
+                                          "additionalProperties": {"type": "string"}}}}}}}),
+        "delete": _control("remove a secret", {
+            "200": _ok("removed"), "404": _error("no such secret"),
+            "409": _error("an endpoint uses it")}),
+    },
     "/v1/deployments/{name}/keys/{key_id}": {
         "parameters": [NAME, {"name": "key_id", "in": "path", "required": True,
                               "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}}],
@@ -289,7 +305,11 @@ COMPONENTS = {
                      "access": {"enum": list(ACCESS_MODES)},
                      "models": {"type": "array", "maxItems": MAX_MODELS,
                                 "items": {"type": "string"},
-                                "description": "BentoML model tags 'name:version'"}}},
+                                "description": "BentoML model tags 'name:version'"},
+                     "env": {"type": "object", "additionalProperties": {"type": "string"},
+                             "description": "environment variables of the replicas"},
+                     "secrets": {"type": "array", "items": {"type": "string"},
+                                 "description": "names of secrets (PUT /v1/secrets/{name})"}}},
         "BlobRef": {"type": "object", "required": ["sha256", "size"], "properties": {
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "size": {"type": "integer", "minimum": 0}}},

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 
 from .._home import home_dir
-from . import access, components, manage, observe
+from . import access, components, manage, observe, secrets
 from ._common import env_value, setup_logging
 from .observe import print_hosts
 
@@ -45,6 +45,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     manage.add_parsers(sub, env)
     observe.add_parsers(sub, env)
     access.add_parsers(sub, env)
+    secrets.add_parsers(sub, env)
     return p
 
 
@@ -81,4 +82,5 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
-COMMANDS = {**components.COMMANDS, **manage.COMMANDS, **observe.COMMANDS, **access.COMMANDS}
+COMMANDS = {**components.COMMANDS, **manage.COMMANDS, **observe.COMMANDS, **access.COMMANDS,
+            **secrets.COMMANDS}

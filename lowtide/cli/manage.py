@@ -32,6 +32,11 @@ def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
     de.add_argument("--access", choices=["public", "key"], default="public",
                     help="who may invoke: anyone with the URL (public, default) or callers "
                     "with an invoke key (key; create keys with `lowtide keys create NAME`)")
+    de.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable of the replicas (repeatable; shown in status)")
+    de.add_argument("--secret", action="append", default=[], dest="secrets", metavar="NAME",
+                    help="a secret whose variables the replicas get (repeatable; see "
+                    "`lowtide secrets`)")
     de.add_argument("--wait", action="store_true",
                     help="wait until the function is built (and min replicas are ready)")
 
@@ -63,13 +68,24 @@ def cmd_deploy(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     client = sdk_client()
     options = dict(cpu=args.cpu, memory=args.memory, gpu=args.gpu, gpu_memory=args.gpu_memory,
                    requirements=args.requirements, min_replicas=args.min_replicas,
-                   max_replicas=args.max_replicas, timeout=args.timeout, access=args.access)
+                   max_replicas=args.max_replicas, timeout=args.timeout, access=args.access,
+                   env=_env_pairs(args.env), secrets=args.secrets)
     with console.status("uploading...") if console.is_terminal else contextlib.nullcontext():
         ep = client.deploy(fn, args.name, **options)
     if args.wait:
         _wait_deployed(client, ep.name, args.min_replicas, console)
     print(ep.url)
     return 0
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--env {key[:40]!r} is not KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def _wait_deployed(client: Any, name: str, min_replicas: int, console: Any) -> None:

@@ -32,6 +32,7 @@ from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import blobs, series, state, ui
 from . import logs as replica_logs
+from . import blobs, secrets, series, state, ui
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
 from .overview import endpoint_state, last_failure
@@ -150,6 +151,10 @@ class PlatformAPI:
             spec.check_new()
         except (SpecError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
+        unknown = await secrets.missing(self.redis, spec.secrets)
+        if unknown:
+            raise BadRequest(f"secret(s) {', '.join(map(repr, unknown))} do not exist; create "
+                             f"with `lowtide secrets set {unknown[0]} KEY=VALUE`")
         manifest = await self._manifest(upload, spec)
         hosts = await state.live_hosts(self.redis)
         await self._check_python(spec, hosts)
@@ -517,6 +522,7 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
     app.router.add_get("/v1/hosts", api.hosts)
+    secrets.add_secret_routes(app)
     add_observe_routes(app, redis, recorder, scaler.settings.policy())
     ui.add_ui_routes(app, redis)
     app.router.add_get("/", _to_dashboard)

@@ -127,7 +127,8 @@ class Client:
                memory: str | int = "1Gi", gpu: int = 0, gpu_memory: str | int | None = None,
                requirements: Iterable[str] = (), min_replicas: int = 0,
                max_replicas: int | None = None, timeout: float = 60.0,
-               access: str = "public", models: Iterable[str] = ()) -> Endpoint:
+               access: str = "public", models: Iterable[str] = (),
+               env: dict[str, str] | None = None, secrets: Iterable[str] = ()) -> Endpoint:
         """Upload fn and return its Endpoint.
 
         Resources are what one replica asks for, and placement keeps them free for it: `cpu`
@@ -136,7 +137,10 @@ class Client:
         makes its invoke URL need a key (`create_key`). `models` attaches models of your
         local BentoML model store by tag ("iris_clf:latest" is resolved now); replicas find
         them with `bentoml.models.get`. The function and the models' files are uploaded
-        only when the platform does not have them yet.
+        only when the platform does not have them yet. `env` are
+        environment variables of the replicas (shown in the spec); `secrets` names secrets
+        (`set_secret`) whose keys and values the replicas get as environment variables too
+        (never shown).
         """
         if not callable(fn):
             raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
@@ -153,7 +157,8 @@ class Client:
                 requirements=list(requirements), min_replicas=min_replicas,
                 max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
                 params=parameter_names(fn), access=access,
-                models=[m.tag for m in manifest.models],
+                models=[m.tag for m in manifest.models], env=dict(env or {}),
+                secrets=builtins.list(secrets),
             )
             spec.check_new()
         except SpecError as exc:
@@ -186,6 +191,19 @@ class Client:
 
     def revoke_key(self, name: str, key_id: str) -> dict[str, Any]:
         return dict(self._api("DELETE", f"/v1/deployments/{name}/keys/{key_id}"))
+
+    def set_secret(self, name: str, values: dict[str, str]) -> dict[str, Any]:
+        """Create or replace the secret `name`: KEY -> value, given to the replicas of every
+        endpoint deployed with `secrets=[name]` (at their next start) as environment
+        variables. Values are never shown again."""
+        return dict(self._api("PUT", f"/v1/secrets/{name}", json={"values": values}))
+
+    def secrets(self) -> builtins.list[dict[str, Any]]:
+        """Secret names with their key names and when they were set (never the values)."""
+        return builtins.list(self._api("GET", "/v1/secrets")["secrets"])
+
+    def delete_secret(self, name: str) -> dict[str, Any]:
+        return dict(self._api("DELETE", f"/v1/secrets/{name}"))
 
     def list(self) -> builtins.list[dict[str, Any]]:
         return builtins.list(self._api("GET", "/v1/deployments")["deployments"])

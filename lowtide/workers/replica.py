@@ -40,6 +40,7 @@ from .._batched import batch_spec
 from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
 from .._redis import Backoff, async_redis
 from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
+from . import tracebacks, user_env
 from .batching import REGISTRY as BATCH_METRICS
 from .batching import Batcher
 from .blobcache import use_model_store
@@ -447,6 +448,7 @@ def enter_pool() -> None:
 def current() -> Replica | None:
     global _current
     if _current is None and not _pool_mode:
+        tracebacks.hide(user_env.secret_values(os.environ))
         _current = Replica(ReplicaSettings.from_env())
     return _current
 
@@ -456,6 +458,9 @@ async def _specialize(request: Request) -> Response:
     if not _pool_mode or _current is not None:
         return JSONResponse({"error": "conflict", "detail": "not an idle pool worker"}, 409)
     spec = await request.json()
+    user_vars = spec.pop("env", None) or {}
+    os.environ.update(user_vars)  # this worker is the replica's alone from now on
+    tracebacks.hide(user_env.secret_values(os.environ))
     env = {**os.environ, **{f"LOWTIDE_{k.upper()}": str(v) for k, v in spec.items()},
            "LOWTIDE_START_PATH": "pool"}
     started = time.time()

@@ -107,7 +107,7 @@ def raised(exc: BaseException) -> Result:
     text = tracebacks.format_remote(exc)
     tracebacks.log_remote(text)
     try:
-        message = tracebacks.bound_text(f"{type(exc).__name__}: {exc}", 2000)
+        message = tracebacks.bound_text(tracebacks.redact(f"{type(exc).__name__}: {exc}"), 2000)
     except Exception:  # an exception whose __str__ raises
         message = type(exc).__name__
     return error_result(500, "function raised", message, type=type(exc).__name__,

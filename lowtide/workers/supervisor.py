@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from prometheus_client import Counter, Gauge
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 
 from .. import _keys
 from .._redisserver import free_port
-from . import bento, replica_log
+from . import bento, replica_log, user_env
 from .blobcache import DeploymentBlobs, HttpBlobSource, Prepared
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
@@ -59,6 +60,7 @@ class ReplicaProcess:
     stopping: bool = False
     pump: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    hidden: tuple[str, ...] = ()  # secret values redacted from its output
 
 
 class ReplicaSupervisor:
@@ -157,34 +159,49 @@ class ReplicaSupervisor:
                spawned_at: float, prepared: Prepared) -> str:
         spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
         requirements = spec.get("requirements", [])
+        user = self._user_env(spec)
         if gpus:
             known = {g.index for g in self.gpus.info}
             if not set(gpus) <= known:
                 raise RuntimeError(f"host {self.settings.host_id} has no GPU "
                                    f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
             return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                    prepared, tuple(gpus))
+                                    prepared, user, tuple(gpus))
         if self.pool is not None:
             self.pool.note_cold_start()
             if not bento.unsatisfied(requirements):
                 worker = self.pool.take()
                 if worker is not None:
                     return self._specialize(worker, endpoint, version, replica_id, spawned_at,
-                                            prepared)
+                                            prepared, user)
         return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                prepared)
+                                prepared, user)
+
+    def _user_env(self, spec: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The deployment's env and its secrets' keys: (variables, values to redact)."""
+        values = []
+        for name in spec.get("secrets") or []:
+            raw = self.redis.hgetall(_keys.secret(name))
+            if not raw:
+                raise RuntimeError(f"secret {name!r} does not exist (deleted after the "
+                                   f"deploy?); create it with `lowtide secrets set {name} "
+                                   "KEY=VALUE`")
+            values.append({k.decode(): v.decode() for k, v in raw.items()})
+        return user_env.replica_env(spec.get("env") or {}, values)
 
     def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
-                    spawned_at: float, prepared: Prepared) -> str:
-        """Fast path: hand the function to a prewarmed worker."""
+                    spawned_at: float, prepared: Prepared,
+                    user: tuple[dict[str, str], tuple[str, ...]]) -> str:
+        """Fast path: hand the function (and its environment) to a prewarmed worker."""
         rp = worker.extra["rp"]
         assert isinstance(rp, ReplicaProcess)
         rp.endpoint, rp.version, rp.replica_id = endpoint, version, replica_id
+        rp.hidden = user[1]
         body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
                 "replica_id": replica_id, "address": worker.address,
                 "artifact": str(prepared.artifact),
                 "model_store": str(prepared.model_store or ""),
-                "spawned_at": spawned_at}
+                "spawned_at": spawned_at, "env": user[0]}
         with self._lock:
             self.replicas[replica_id] = rp
             REPLICAS.set(len(self.replicas))
@@ -238,6 +255,7 @@ class ReplicaSupervisor:
 
     def _start_full(self, endpoint: str, version: int, replica_id: str,
                     requirements: list[str], spawned_at: float, prepared: Prepared,
+                    user: tuple[dict[str, str], tuple[str, ...]],
                     gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         built = self.build(endpoint, version)
@@ -248,6 +266,7 @@ class ReplicaSupervisor:
         env = {
             **WORKER_ENV_DEFAULTS,
             **os.environ,
+            **user[0],
             "LOWTIDE_REDIS_URL": s.redis_url,
             "LOWTIDE_ENDPOINT": endpoint,
             "LOWTIDE_VERSION": str(version),
@@ -267,7 +286,8 @@ class ReplicaSupervisor:
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
         )
-        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus)
+        rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
+                            hidden=user[1])
         rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
@@ -378,7 +398,7 @@ class ReplicaSupervisor:
         assert rp.proc.stdout is not None
         chatter = replica_log.LogFilter()  # BentoML's hook lines, repeated tracebacks
         for raw in rp.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
+            line = user_env.redact(raw.decode(errors="replace").rstrip("\n"), rp.hidden)
             rp.tail.append(line)
             for kept in chatter.feed(line):
                 self._keep_line(rp, kept)

@@ -14,9 +14,22 @@ import sys
 import traceback
 from types import TracebackType
 
+from . import user_env
+
 MAX_TRACEBACK_CHARS = 8000
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))  # lowtide/workers: the runner's frames
 _STDLIB_PLUMBING = ("concurrent" + os.sep + "futures", "asyncio" + os.sep)
+_hidden: tuple[str, ...] = ()  # the replica's secret values: never in an answer or its logs
+
+
+def hide(values: tuple[str, ...]) -> None:
+    """Redact these values (the replica's secrets) from every traceback and message."""
+    global _hidden
+    _hidden = values
+
+
+def redact(text: str) -> str:
+    return user_env.redact(text, _hidden)
 
 
 def _is_plumbing(filename: str) -> bool:
@@ -51,7 +64,7 @@ def format_remote(exc: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
         text = f"{type(exc).__name__} (its traceback could not be formatted)\n"
     finally:
         exc.__traceback__ = original
-    return bound_text(text.rstrip("\n"), limit)
+    return bound_text(redact(text.rstrip("\n")), limit)
 
 
 def log_remote(text: str, request_id: str = "") -> None:

@@ -94,3 +94,15 @@ def test_function_error_shows_the_remote_traceback() -> None:
     assert shown.startswith("500 function raised: KeyError: 'missing'")
     assert "Remote traceback" in shown and "in inner" in shown
     assert err.traceback.endswith("KeyError: 'missing'")
+
+
+def test_replica_env_merges_secrets_over_env_and_lists_what_to_redact() -> None:
+    from lowtide.workers.user_env import SECRET_KEYS_ENV, redact, replica_env, secret_values
+
+    env, hidden = replica_env({"MODE": "fast", "TOKEN": "plain"},
+                              [{"TOKEN": "hf_abcdef"}, {"DB": "pw-123456", "N": "1"}])
+    assert env["TOKEN"] == "hf_abcdef" and env["MODE"] == "fast"
+    assert env[SECRET_KEYS_ENV] == "DB,N,TOKEN"
+    assert set(hidden) == {"hf_abcdef", "pw-123456"}  # "1" is too short to redact
+    assert secret_values(env) == hidden or set(secret_values(env)) == set(hidden)
+    assert redact("token hf_abcdef, db pw-123456", hidden) == "token [secret], db [secret]"

@@ -99,9 +99,30 @@ def test_from_dict_full_round_trip() -> None:
             "gpu_memory_bytes": 16 * GI, "requirements": ["torch>=2.1", "pillow"],
             "min_replicas": 1, "max_replicas": 4,
             "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
-            "access": "key", "models": ["resnet:v2"]}
+            "access": "key", "models": ["resnet:v2"], "env": {"MODEL": "resnet"},
+            "secrets": ["hf-token"]}
     spec = DeploymentSpec.from_dict(data)
     assert spec.to_dict() == data
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"1X": "v"}, "not a variable name"),
+    ({"LOWTIDE_REDIS_URL": "redis://evil"}, "set by lowtide itself"),
+    ({"CUDA_VISIBLE_DEVICES": "0"}, "set by lowtide itself"),
+    ({"K": 3}, "must be a string"),
+    ([("K", "v")], "must be an object"),
+    ({"K": "x" * (64 * 1024)}, "bytes: at most"),
+])
+def test_env_is_checked_without_echoing_values(env: object, says: str) -> None:
+    with pytest.raises(SpecError, match=says) as exc:
+        DeploymentSpec.from_dict({"name": "double", "env": env})
+    assert "redis://evil" not in str(exc.value)
+
+
+@pytest.mark.parametrize("secrets", [["Bad_Name"], "hf-token", [1]])
+def test_secret_names_are_checked(secrets: object) -> None:
+    with pytest.raises(SpecError, match="secret"):
+        DeploymentSpec.from_dict({"name": "double", "secrets": secrets})
 
 
 def test_from_dict_names_every_unknown_field_and_the_allowed_ones() -> None:
