@@ -30,9 +30,8 @@ from .._protocol import error_result
 from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_version
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
-from . import blobs, series, state, ui
-from . import logs as replica_logs
 from . import blobs, secrets, series, state, ui
+from . import logs as replica_logs
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
 from .overview import endpoint_state, last_failure
