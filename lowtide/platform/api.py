@@ -27,10 +27,17 @@ from .._http import (
 )
 from .._manifest import Manifest, ManifestError
 from .._protocol import error_result
-from .._spec import ACCESS_MODES, DeploymentSpec, SpecError, check_name, python_version
+from .._spec import (
+    ACCESS_MODES,
+    NAME_PATTERN,
+    DeploymentSpec,
+    SpecError,
+    check_name,
+    python_version,
+)
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
-from . import blobs, secrets, series, state, ui
+from . import blobs, listing, secrets, series, state, ui
 from . import logs as replica_logs
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
@@ -172,6 +179,7 @@ class PlatformAPI:
                 "desired": previous.desired if previous else 0,
             })
             pipe.sadd(_keys.DEPLOYMENTS, name)
+            pipe.zadd(_keys.DEPLOYMENT_NAMES, {name: 0})
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             await pipe.execute()
         await ensure_group(self.redis, _keys.stream(name))
@@ -186,7 +194,7 @@ class PlatformAPI:
                                  f"v{previous.version})" if previous else ""),
                                  frm=previous.desired if previous else 0,
                                  to=previous.desired if previous else 0)
-        self.scaler.poke(name)
+        await self.redis.publish(_keys.WAKE_CHANNEL, name)  # to the platform that scales it
         DEPLOYS.inc()
         body = {"name": name, "url": self.url_of(name), "version": version,
                 "replaced": previous is not None}
@@ -215,13 +223,20 @@ class PlatformAPI:
                 f"{sorted(versions)[0]} environment")
 
     async def list(self, request: web.Request) -> web.Response:
-        names = sorted(n.decode() for n in await self.redis.smembers(_keys.DEPLOYMENTS))
-        items = []
-        for name in names:
-            status = await self._status(name)
-            if status is not None:
-                items.append(status)
-        return json_response({"deployments": items})
+        """A page of endpoint summaries in name order: `limit` (100 by default), `cursor`
+        (the previous page's `next_cursor`), `state` (active or idle)."""
+        limit = _int_query(request, "limit", 100, 1, listing.MAX_LIMIT)
+        cursor = request.query.get("cursor") or None
+        if cursor is not None and not NAME_PATTERN.fullmatch(cursor):
+            raise BadRequest(f"cursor={cursor!r} is not a cursor; pass the previous page's "
+                             "next_cursor")
+        only = request.query.get("state") or None
+        if only is not None and only not in listing.STATES:
+            raise BadRequest(f"state={only!r} must be one of {', '.join(listing.STATES)}")
+        names, next_cursor = await listing.page(self.redis, cursor, limit, only)
+        items = await listing.summaries(self.redis, names, self.url_of, time.time())
+        return json_response({"deployments": items, "next_cursor": next_cursor,
+                              "total": await self.redis.zcard(_keys.DEPLOYMENT_NAMES)})
 
     async def get(self, request: web.Request) -> web.Response:
         status = await self._status(_name(request))
@@ -244,7 +259,7 @@ class PlatformAPI:
             values = await self.redis.mget([_keys.build_state(name, dep.version, h)
                                             for h in hosts])
             builds = {h: v.decode() for h, v in zip(hosts, values, strict=True) if v}
-        policy = await self.scaler.learned_policy(name)
+        policy = await self.scaler.view_policy(name)
         keep_alive = policy.keep_alive()
         daily = policy.daily_pattern(now)
         cpu, gpu = state.replica_cpu_cores(hosts), state.replica_gpu(hosts)
@@ -291,9 +306,12 @@ class PlatformAPI:
             raise NotFound(f"no deployment named {name!r}")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(_keys.DEPLOYMENTS, name)
+            pipe.zrem(_keys.DEPLOYMENT_NAMES, name)
+            pipe.srem(_keys.ACTIVE, name)
             pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
                         _keys.stats(name), _keys.invoke_keys(name), _keys.learned(name))
             pipe.publish(_keys.ROUTES_CHANNEL, name)
+            pipe.publish(_keys.WAKE_CHANNEL, name)  # its scaler forgets it
             await pipe.execute()
         hosts = await state.live_hosts(self.redis)
         for r in await state.load_replicas(self.redis, name):
@@ -510,6 +528,11 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     store = blob_store or blobs.FileBlobStore(settings.blob_dir)
     blobs.add_blob_routes(app, store, settings.max_blob_bytes)
     api = PlatformAPI(settings, redis, scaler, recorder, store)
+
+    async def index_names(_app: web.Application) -> None:
+        await listing.ensure_index(redis)
+
+    app.on_startup.append(index_names)
     app.router.add_post("/v1/deployments", api.create)
     app.router.add_get("/v1/deployments", api.list)
     app.router.add_get("/v1/deployments/{name}", api.get)

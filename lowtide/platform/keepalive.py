@@ -292,6 +292,17 @@ class DailyArrivals:
                                 f"{h.seen_days} days)")
         return None
 
+    def next_window_at(self, now: float) -> float | None:
+        """When the next window the daily pattern expects arrivals in opens, after `now`
+        (None without a clear pattern): an endpoint idle at zero needs no look before it."""
+        s, h = self.settings, self.habit(now)
+        if h is None:
+            return None
+        midnight = now - time_of_day(now, s.day_s)
+        opens = [day + h.earliest_s - s.lead_s
+                 for day in (midnight - s.day_s, midnight, midnight + s.day_s,
+                             midnight + 2 * s.day_s)]
+        return min((at for at in opens if at > now), default=None)
 
     def describe(self, now: float) -> str | None:
         """The daily pattern in words, for status (None without a clear one)."""

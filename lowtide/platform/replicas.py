@@ -59,6 +59,10 @@ class ReplicaSupervisor:
     def forget(self, name: str) -> None:
         self._said.pop(name, None)
 
+    def backoff_until(self, name: str) -> float:
+        """No replica of the endpoint starts before this (after failed starts)."""
+        return self._backoff_until.get(name, 0.0)
+
     # ---- housekeeping -----------------------------------------------------------------
     async def housekeep(self, dep: Deployment, replicas: list[ReplicaRecord],
                         hosts: dict[str, Any], now: float) -> list[ReplicaRecord]:

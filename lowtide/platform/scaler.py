@@ -18,8 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter
 from redis import Redis as SyncRedis
@@ -31,10 +30,13 @@ from .._redis import follow
 from . import state
 from .hostwatch import HostWatcher
 from .keepalive import KeepAlive, LearnedStateError
+from .loop import Ownership, ScalingLoop
 from .policy import Autoscaler, Decision, Observation
 from .replicas import ReplicaSupervisor
+from .schedule import Look, next_look, policy_timers
 from .settings import ScalerSettings
-from .state import Deployment, ReplicaRecord
+from .snapshot import Batch, observation, read_batch
+from .state import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ DECISIONS = Counter("lowtide_platform_scaling_decisions_total",
                     "Changes of an endpoint's desired replicas, by kind", ["kind"])
 
 REDIS_STALL_S = 1.0  # a listing slower than this: Redis stalled, heartbeats may have lapsed
-CPU_SETTLE_S = 10.0  # a replica's own start-up burns CPU: not a load signal
+EVICT_IDLE_S = 120.0  # an endpoint idle at zero this long is kept in Redis only
 SHUTDOWN_SAVE_S = 5.0  # saving the learned state on the way out waits no longer than this
 
 # the learned state is written only while the endpoint still exists: a save racing with a
@@ -65,8 +67,8 @@ class Scaler:
         self.sync_redis = sync_redis
         self.settings = settings
         self.clock = clock
-        self._poked: set[str] = set()
-        self._poke = asyncio.Event()
+        self.shards: Ownership | None = None  # None: this platform scales every endpoint
+        self.loop = ScalingLoop(self, clock, settings.tick_s)
         self.hosts = HostWatcher(redis, sync_redis, clock)
         self.replicas = ReplicaSupervisor(redis, sync_redis, settings, self.hosts, clock)
         self._policies: dict[str, Autoscaler] = {}
@@ -101,6 +103,18 @@ class Scaler:
             return policy
         self._saved[name] = _learned_text(policy)  # nothing new to write yet
         log.info("%s: learned state restored: %s", name, policy.keep_alive().reason)
+        return policy
+
+    async def view_policy(self, name: str) -> Autoscaler:
+        """The endpoint's policy for a status view: the one in memory, else one read back
+        from Redis and not kept (an idle endpoint's, another platform's shard's)."""
+        if name in self._policies:
+            return self._policies[name]
+        policy = Autoscaler(self.settings.policy())
+        raw = await self.redis.get(_keys.learned(name))
+        if raw is not None:
+            with contextlib.suppress(LearnedStateError, ValueError):
+                policy.restore(json.loads(raw))
         return policy
 
     async def save_learned(self, name: str, now: float, force: bool = False) -> None:
@@ -150,120 +164,125 @@ class Scaler:
         return self.replicas.unplaced(name)
 
     def poke(self, name: str) -> None:
-        self._poked.add(name)
-        self._poke.set()
+        """Decide for the endpoint at once (a deploy on this platform; others arrive as
+        wake messages)."""
+        self.loop.wake(name)
 
     # ---- loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         wakes = asyncio.create_task(self._listen_wakes(stop), name="wakes")
-        next_full = 0.0
+        loop = asyncio.create_task(self.loop.run(stop), name="scaling-loop")
         try:
-            while not stop.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._poke.wait(), self.settings.tick_s)
-                self._poke.clear()
-                names, self._poked = self._poked, set()
-                if time.monotonic() >= next_full:
-                    next_full = time.monotonic() + self.settings.tick_s
-                    asked = time.monotonic()
-                    names |= {n.decode() for n in await self._members()}
-                    if time.monotonic() - asked > REDIS_STALL_S:  # hung, then back
-                        self.hosts.redis_failed()
-                    if self.hosts.liveness_known(self.clock()):  # no host is lost to a Redis gap
-                        try:
-                            await self.hosts.watch(self.clock())
-                        except RedisError as exc:
-                            self.hosts.redis_failed()
-                            log.warning("watching hosts failed: %s", exc)
-                for name in sorted(names):
-                    try:
-                        await self.reconcile(name)
-                        await self.save_learned(name, self.clock())
-                    except RedisError as exc:
-                        self.hosts.redis_failed()
-                        log.warning("reconcile %s failed: %s", name, exc)
-                    except Exception:  # one endpoint's bad state must not stop the loop
-                        log.exception("reconcile %s failed", name)
-                if wakes.done():
-                    wakes.result()  # a dead listener is an error, not silence
+            done, _ = await asyncio.wait({wakes, loop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a dead listener or loop is an error, not silence
         finally:
-            wakes.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await wakes
+            for task in (wakes, loop):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError):
+                    await task
             try:  # a clean shutdown keeps what was learned since the last save
                 await asyncio.wait_for(self.save_all_learned(), SHUTDOWN_SAVE_S)
             except asyncio.TimeoutError:
                 log.warning("saving the learned state took over %g s at shutdown; what was "
                             "learned since the last save is lost", SHUTDOWN_SAVE_S)
 
-    async def _members(self) -> set[bytes]:
-        try:
-            return set(await self.redis.smembers(_keys.DEPLOYMENTS))
-        except RedisError as exc:
-            self.hosts.redis_failed()
-            log.warning("cannot list deployments: %s", exc)
-            return set()
-
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:
-            self.poke(data.decode())
+            self.loop.wake(data.decode())
 
-        await follow(self.redis, _keys.WAKE_CHANNEL, stop, wake, what="wake subscription")
+        await follow(self.redis, _keys.WAKE_CHANNEL, stop, wake, what="wake subscription",
+                     on_subscribed=self._resync_soon)
+
+    async def _resync_soon(self) -> None:  # wakes may have been missed meanwhile
+        self.loop.resync_soon()
+
+    # ---- the loop's reconciler --------------------------------------------------------
+    def owns(self, name: str) -> bool:
+        return self.shards is None or self.shards.owns(name)
+
+    async def members(self) -> set[str]:
+        names = {n.decode() for n in await self.redis.smembers(_keys.DEPLOYMENTS)}
+        return {n for n in names if self.owns(n)}
+
+    async def tick(self, now: float) -> None:
+        if self.hosts.liveness_known(now):  # no host is lost to a Redis gap
+            try:
+                await self.hosts.watch(now)
+            except RedisError as exc:
+                self.hosts.redis_failed()
+                log.warning("watching hosts failed: %s", exc)
+
+    async def read(self, names: Sequence[str], now: float) -> Batch:
+        asked = time.monotonic()
+        try:
+            batch = await read_batch(self.redis, names, now)
+        except RedisError:
+            self.hosts.redis_failed()
+            raise
+        if time.monotonic() - asked > REDIS_STALL_S:  # hung, then back
+            self.hosts.redis_failed()
+        return batch
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
 
     # ---- one step ---------------------------------------------------------------------
-    async def reconcile(self, name: str) -> Decision | None:
-        dep = await state.load_deployment(self.redis, name)
-        if dep is None:
+    async def reconcile(self, name: str, batch: Batch | None = None,
+                        now: float | None = None) -> Look | None:
+        """One endpoint's step: observe, decide, record a change, converge; its next look
+        (None: it is gone)."""
+        if batch is None:
+            batch = await self.read([name], self.clock())
+        snap = batch.endpoints.get(name)
+        dep = snap.dep if snap is not None else None
+        if snap is None or dep is None:
             self._forget(name)
             return None
         self._check_born(name, dep.created_at)
         policy = await self.learned_policy(name)
         now = self.clock()
-        hosts = await state.live_hosts(self.redis)
-        replicas = await self.replicas.housekeep(dep, await state.load_replicas(self.redis, name),
-                                         hosts, now)
+        hosts = batch.hosts
+        replicas = await self.replicas.housekeep(dep, snap.replicas, hosts, now)
         current = [r for r in replicas if r.version == dep.version and r.state != "stopping"]
-        obs = await self._observe(dep, current, hosts, now)
+        before = len(current)
+        obs = observation(dep, current, snap, hosts,
+                          self._arrival_rate(name, snap.stats.requests, now), now)
         decision = policy.decide(obs, now)
         if self.observed is not None:
             self.observed(name, obs, decision, now)
         if decision.changed(dep.desired):
             await self._record(dep, decision, obs, now)
         await self.replicas.converge(dep, current, decision.desired, now)
-        return decision
+        await self.save_learned(name, now)
+        return await self._next_look(name, policy, decision.desired,
+                                     len(replicas) + len(current) - before, snap.queue.depth,
+                                     obs.last_activity_at, now)
 
-    async def _observe(self, dep: Deployment, current: list[ReplicaRecord],
-                       hosts: dict[str, Any], now: float) -> Observation:
-        name = dep.spec.name
-        q = await state.queue_stats(self.redis, name, now)
-        ready = [r for r in current if r.state == "ready" and r.alive]
-        beats = [r.alive for r in current if r.alive]
-        counted = await state.request_stats(self.redis, name)
-        last_activity = max(
-            [counted.last_request_at, dep.updated_at]
-            + [float(b.get("last_done_at", 0)) for b in beats]
-        )
-        settled = [r for r in ready if now - (r.ready_at or now) >= CPU_SETTLE_S]
-        limits = [int(r.alive.get("limit", r.limit)) for r in ready if r.alive] or [
-            state.DEFAULT_LIMIT]
-        return Observation(
-            desired=dep.desired,
-            ready=len(ready),
-            starting=sum(1 for r in current if r.state == "starting"),
-            queued=q.queued,
-            oldest_wait_s=q.oldest_wait_s,
-            in_flight=sum(int(b.get("in_flight", 0)) for b in beats),
-            last_activity_at=last_activity,
-            limit=min(limits),
-            min_replicas=dep.spec.min_replicas,
-            max_replicas=dep.spec.max_replicas,
-            last_request_at=counted.last_request_at,
-            arrival_rate_per_s=self._arrival_rate(name, counted.requests, now),
-            cpu_utilization=cpu_utilization(settled, state.replica_cpu_cores(hosts),
-                                            dep.spec.cpu),
-            gpu_utilization=gpu_utilization(settled, state.replica_gpu_percent(hosts),
-                                            dep.spec.gpu) if dep.spec.gpu else None,
-        )
+    async def _next_look(self, name: str, policy: Autoscaler, desired: int, replicas: int,
+                         queued: int, last_activity_at: float, now: float) -> Look:
+        timers = policy_timers(policy, last_activity_at, now)
+        evict_at = last_activity_at + EVICT_IDLE_S
+        ps = policy.settings
+        quiet_at = last_activity_at + max(ps.stable_window_s, ps.scale_down_delay_s)
+        backoff_until = self.replicas.backoff_until(name)
+        look = next_look(desired=desired, replicas=replicas, queued=queued,
+                         backoff_until=backoff_until, quiet_at=quiet_at,
+                         timers=[*timers, (evict_at, "evict")], now=now)
+        if not look.every_tick and now >= evict_at:  # idle long enough: keep it in Redis
+            await self._evict(name, now)
+            look = next_look(desired=desired, replicas=replicas, queued=queued,
+                             backoff_until=backoff_until, quiet_at=quiet_at, timers=timers,
+                             now=now)
+        return look
+
+    async def _evict(self, name: str, now: float) -> None:
+        """Drop an idle endpoint's in-memory state once its learned state is in Redis; the
+        next look reads it back."""
+        await self.save_learned(name, now, force=True)
+        policy = self._policies.get(name)
+        if policy is not None and self._saved.get(name) == _learned_text(policy):
+            self._forget(name)
 
     def _arrival_rate(self, name: str, requests: int, now: float) -> float:
         """Arrivals per second since the previous look (the activators flush every second)."""
@@ -281,8 +300,14 @@ class Scaler:
             inputs.update(d.signals.__dict__)
         event = await state.record_event(self.redis, name, d.kind, d.reason, frm=dep.desired,
                                          to=d.desired, inputs=inputs, now=now)
-        await self.redis.hset(_keys.deployment(name), mapping={
-            "desired": d.desired, "last_decision": json.dumps(event)})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_keys.deployment(name), mapping={
+                "desired": d.desired, "last_decision": json.dumps(event)})
+            if d.desired > 0:  # the list's state=active
+                pipe.sadd(_keys.ACTIVE, name)
+            else:
+                pipe.srem(_keys.ACTIVE, name)
+            await pipe.execute()
         dep.desired = d.desired
         DECISIONS.labels(kind=d.kind).inc()
         log.info("%s: %s", name, d.reason)
@@ -290,25 +315,4 @@ class Scaler:
 
 def _learned_text(policy: Autoscaler) -> str:
     return json.dumps(policy.learned(), separators=(",", ":"))
-
-
-def cpu_utilization(ready: list[ReplicaRecord], cores_used: dict[str, float],
-                    cores_requested: float) -> float | None:
-    """Mean CPU utilization of the ready replicas that were measured (1.0 = requested cores
-    busy); None when none was."""
-    measured = [cores_used[r.id] for r in ready if r.id in cores_used]
-    if not measured:
-        return None
-    return round(sum(measured) / len(measured) / max(cores_requested, 0.01), 3)
-
-
-def gpu_utilization(ready: list[ReplicaRecord], percent_used: dict[str, float],
-                    gpus_requested: int) -> float | None:
-    """Mean GPU utilization of the ready replicas that were measured (1.0 = all their GPUs
-    busy; NVML's per-process SM utilization summed over the replica's processes and GPUs);
-    None when none was."""
-    measured = [percent_used[r.id] for r in ready if r.id in percent_used]
-    if not measured or gpus_requested < 1:
-        return None
-    return round(sum(measured) / len(measured) / (100.0 * gpus_requested), 3)
 

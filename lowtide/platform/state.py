@@ -56,7 +56,11 @@ class Deployment:
 
 
 async def load_deployment(redis: Redis, name: str) -> Deployment | None:
-    raw = await redis.hgetall(_keys.deployment(name))
+    return parse_deployment(await redis.hgetall(_keys.deployment(name)))
+
+
+def parse_deployment(raw: dict[bytes, bytes]) -> Deployment | None:
+    """The deployment from its hash as HGETALL returns it (None: no such deployment)."""
     if not raw or b"spec" not in raw:
         return None
     return Deployment(
@@ -103,6 +107,24 @@ class QueueStats:
 
 def _stream_id_seconds(entry_id: bytes) -> float:
     return int(entry_id.split(b"-", 1)[0]) / 1000.0
+
+
+def queue_stats_from(depth: int, groups: Any, first: Any, now: float) -> QueueStats:
+    """QueueStats from XLEN, XINFO GROUPS and the first undelivered entry (XRANGE)."""
+    pending = 0
+    for group in groups or ():
+        if group["name"] in (_keys.STREAM_GROUP, _keys.STREAM_GROUP.encode()):
+            pending = int(group["pending"])
+    oldest = max(0.0, now - _stream_id_seconds(first[0][0])) if first else 0.0
+    return QueueStats(depth, max(0, depth - pending), oldest)
+
+
+def last_delivered(groups: Any) -> bytes:
+    for group in groups or ():
+        if group["name"] in (_keys.STREAM_GROUP, _keys.STREAM_GROUP.encode()):
+            found = group["last-delivered-id"]
+            return found.encode() if isinstance(found, str) else found
+    return b"0-0"
 
 
 async def queue_stats(redis: Redis, name: str, now: float) -> QueueStats:

@@ -12,7 +12,8 @@ import pytest
 
 from lowtide.cli import build_parser, print_hosts
 from lowtide.platform import state
-from lowtide.platform.scaler import Scaler, ScalerSettings, gpu_utilization
+from lowtide.platform.scaler import Scaler, ScalerSettings
+from lowtide.platform.snapshot import gpu_utilization
 from lowtide.platform.state import ReplicaRecord, describe_hosts
 
 GI = 2**30

@@ -8,7 +8,8 @@ import pytest
 from lowtide import _keys
 from lowtide._redis import async_redis
 from lowtide.platform import state
-from lowtide.platform.scaler import Scaler, ScalerSettings, cpu_utilization
+from lowtide.platform.scaler import Scaler, ScalerSettings
+from lowtide.platform.snapshot import cpu_utilization
 from lowtide.platform.state import ReplicaRecord
 
 
