@@ -9,6 +9,11 @@ from __future__ import annotations
 PREFIX = "lt:"
 
 DEPLOYMENTS = PREFIX + "deployments"  # set of endpoint names
+# sorted set of the same names, all scores 0: the list pages through it in name order
+DEPLOYMENT_NAMES = PREFIX + "deployments:byname"
+PLATFORMS = PREFIX + "platforms"  # sorted set: platform instance id -> last claim (ms)
+PLATFORM_EVENTS = PREFIX + "platform:events"  # stream: shards taken over, capped
+ACTIVE = PREFIX + "active"  # set of the endpoints whose desired replicas are above zero
 HOSTS = PREFIX + "hosts"  # hash host_id -> host description (JSON)
 WAKE_CHANNEL = PREFIX + "wake"  # pubsub: endpoint name, sent by the activator when cold
 ROUTES_CHANNEL = PREFIX + "routes"  # pubsub: endpoint name whose replicas or spec changed
@@ -155,3 +160,13 @@ def logs(name: str) -> str:
 
 def build_state(name: str, version: int, host_id: str) -> str:
     return f"{PREFIX}build:{name}:{version}:{host_id}"
+
+
+def shard_lease(shard: int) -> str:
+    """String with a TTL: the id of the platform instance that scales the shard's endpoints."""
+    return f"{PREFIX}shard:{shard}:lease"
+
+
+def shard_leader(shard: int) -> str:
+    """String: the shard's last leader ("released:ID" when it gave the shard back)."""
+    return f"{PREFIX}shard:{shard}:leader"

@@ -74,7 +74,15 @@ CONTROL_PATHS: dict[str, Any] = {
                     "artifact": {"type": "string", "format": "binary",
                                  "description": "the cloudpickled function, inline (instead "
                                  "of a manifest naming its blob)"}}}}}}),
-        "get": _control("list deployments", {"200": _ok("deployments")}),
+        "get": _control("a page of deployments in name order: deployments, next_cursor "
+                        "(null on the last page), total", {
+                            "200": _ok("deployments"), "400": _error("bad query")},
+                        parameters=[
+                            {"name": "limit", "in": "query", "schema": {
+                                "type": "integer", "minimum": 1, "maximum": 1000}},
+                            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                            {"name": "state", "in": "query", "schema": {
+                                "enum": ["active", "idle"]}}]),
     },
     "/v1/deployments/{name}": {
         "parameters": [NAME],

@@ -40,7 +40,12 @@ def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
     de.add_argument("--wait", action="store_true",
                     help="wait until the function is built (and min replicas are ready)")
 
-    sub.add_parser("ls", help="list deployments")
+    ls = sub.add_parser("ls", help="list deployments, a page at a time")
+    ls.add_argument("--state", choices=["active", "idle"],
+                    help="only those with replicas wanted (active) or at zero (idle)")
+    ls.add_argument("--limit", type=int, default=100, help="names per page (1-1000)")
+    ls.add_argument("--cursor", help="start after this name (the hint under a page)")
+    ls.add_argument("--all", action="store_true", help="every page")
     dl = sub.add_parser("delete", help="delete an endpoint")
     dl.add_argument("name")
 
@@ -104,9 +109,16 @@ def _wait_deployed(client: Any, name: str, min_replicas: int, console: Any) -> N
 
 
 def cmd_ls(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    items = sdk_client().list()
+    client = sdk_client()
+    if args.all:
+        items, cursor = client.list(state=args.state), None
+    else:
+        page = client.list_page(cursor=args.cursor, limit=args.limit, state=args.state)
+        items, cursor = page["deployments"], page["next_cursor"]
     if not items:
-        print("no deployments; deploy one with lowtide.deploy(fn) or `lowtide deploy mod:fn`")
+        print("no deployments" + (f" {args.state}" if args.state else "") + (
+            "" if args.state or args.cursor else
+            "; deploy one with lowtide.deploy(fn) or `lowtide deploy mod:fn`"))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -117,6 +129,9 @@ def cmd_ls(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         table.add_row(d["name"], str(d["version"]), str(r["ready"]), str(r["desired"]),
                       str(d["queue"]["depth"]), d["url"])
     Console().print(table)
+    if cursor is not None:
+        state = f" --state {args.state}" if args.state else ""
+        print(f"more: lowtide ls --cursor {cursor}{state} (or --all)", file=sys.stderr)
     return 0
 
 

@@ -205,8 +205,27 @@ class Client:
     def delete_secret(self, name: str) -> dict[str, Any]:
         return dict(self._api("DELETE", f"/v1/secrets/{name}"))
 
-    def list(self) -> builtins.list[dict[str, Any]]:
-        return builtins.list(self._api("GET", "/v1/deployments")["deployments"])
+    def list(self, state: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Every deployment's summary (all pages), or those of one `state`: "active"
+        (replicas wanted) or "idle" (at zero)."""
+        items: builtins.list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.list_page(cursor=cursor, limit=1000, state=state)
+            items.extend(page["deployments"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return items
+
+    def list_page(self, cursor: str | None = None, limit: int = 100,
+                  state: str | None = None) -> dict[str, Any]:
+        """One page: {"deployments", "next_cursor" (None on the last page), "total"}."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        if state is not None:
+            params["state"] = state
+        return dict(self._api("GET", "/v1/deployments", params=params))
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self._api("GET", f"/v1/deployments/{name}"))
