@@ -117,7 +117,7 @@ class LocalComponents:
     it: start and restart components from a thread that outlives them (the main thread)."""
 
     def __init__(self, home: Path, keep_alive_s: float | None = None, pool: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, platforms: int = 1) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.redis_port = free_port()
@@ -134,9 +134,21 @@ class LocalComponents:
                     "LOWTIDE_TOKEN": self.config.token, "LOWTIDE_HOME": str(home),
                     "PYTHONUNBUFFERED": "1"}
         self.env.pop("REDIS_URL", None)
+        # more platforms (`platform-2`...): each serves the API and scales its shards
+        self.platform_urls = {"platform": self.config.platform_url}
+        more = {}
+        for i in range(2, platforms + 1):
+            port = free_port()
+            self.platform_urls[f"platform-{i}"] = f"http://127.0.0.1:{port}"
+            more[f"platform-{i}"] = _Proc(
+                ["platform", "--port", str(port), "--public-url", self.config.activator_url,
+                 "--instance-id", f"platform-{i}", *keep], home / f"platform-{i}.log")
+        named = ["--instance-id", "platform-1"] if platforms > 1 else []
         self.procs = {
             "platform": _Proc(["platform", "--port", str(platform_port), "--public-url",
-                               self.config.activator_url, *keep], home / "platform.log"),
+                               self.config.activator_url, *named, *keep],
+                              home / "platform.log"),
+            **more,
             "activator": _Proc(["activator", "--port", str(activator_port)],
                                home / "activator.log"),
             "agent": _Proc(["agent", "--host-id", "local", "--port", "0", "--home", str(home),
@@ -146,7 +158,7 @@ class LocalComponents:
     # ---- life cycle -------------------------------------------------------------------
     def start(self, timeout_s: float = 90.0) -> LocalComponents:
         self.start_redis()
-        for name in COMPONENTS:
+        for name in self.procs:
             self.start_component(name)
         self.wait_ready(timeout_s)
         self.config.write(self.home)
@@ -236,7 +248,7 @@ class LocalComponents:
         if self.redis_proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.redis_proc.send_signal(signal.SIGCONT)
-        for name in reversed(COMPONENTS):  # agent (stops its replicas), activator, platform
+        for name in reversed(self.procs):  # agent (stops its replicas), activator, platforms
             p = self.procs[name]
             if p.proc is not None:
                 stop_group(p.proc, 15.0)

@@ -188,6 +188,8 @@ CONTROL_PATHS: dict[str, Any] = {
                     "200": {"description": "the bytes", "content": {"application/octet-stream": {
                         "schema": {"type": "string", "format": "binary"}}}},
                     "401": _error("not the host token"), "404": _error("no such blob")}}},
+    "/v1/platforms": {"get": _control("platform instances, the shards each scales, and the "
+                                      "latest takeovers", {"200": _ok("instances")})},
 }
 
 _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}

@@ -56,6 +56,9 @@ def add_parsers(sub: Any, env: Mapping[str, str], home: str) -> None:
     pl.add_argument("--keep-alive", type=positive_float, metavar="SECONDS",
                     default=env_value(env, "LOWTIDE_KEEP_ALIVE_S"),
                     help="fixed idle keep-alive (default: platform policy)")
+    pl.add_argument("--instance-id", default=env_value(env, "LOWTIDE_INSTANCE_ID", ""),
+                    help="this platform's name in shard leases and events, when several run "
+                    "against one Redis (env LOWTIDE_INSTANCE_ID; default: host-pid-random)")
     pl.add_argument("--keep-alive-bin", type=positive_float, metavar="SECONDS",
                     default=env_value(env, "LOWTIDE_KEEP_ALIVE_BIN_S", "60"),
                     help="resolution of the learned keep-alive's idle-gap histogram; shorter "
@@ -141,7 +144,7 @@ def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis_url=_need_redis(args), token_sha256=digest, host=args.host, port=args.port,
         public_activator_url=args.public_url,
         keep_alive_s=None if args.keep_alive is None else float(args.keep_alive),
-        keep_alive_bin_s=float(args.keep_alive_bin))
+        keep_alive_bin_s=float(args.keep_alive_bin), instance_id=args.instance_id)
     setup_logging(args.log_level)
     run(lambda stop: serve(settings, stop))
     return 0

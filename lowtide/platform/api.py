@@ -37,7 +37,7 @@ from .._spec import (
 )
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
-from . import blobs, listing, secrets, series, state, ui
+from . import blobs, listing, secrets, series, shards, state, ui
 from . import logs as replica_logs
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
@@ -296,6 +296,7 @@ class PlatformAPI:
                                                  "expected_now": policy.expected(now) is not None},
             "panic": policy.panicking(now),
             "placement": self.scaler.unplaced(name),
+            "scaling": await shards.leader_of(self.redis, name),
             "last_decision": dep.last_decision,
         }
 
@@ -454,6 +455,11 @@ class PlatformAPI:
             raise NotFound(f"no key {kid!r} for {name!r}; `lowtide keys ls {name}` lists them")
         return json_response({"name": name, "revoked": kid})
 
+    async def platforms(self, request: web.Request) -> web.Response:
+        """The platform instances against this Redis, the shards each scales, and the
+        latest takeovers."""
+        return json_response(await shards.describe(self.redis))
+
     async def hosts(self, request: web.Request) -> web.Response:
         """Live hosts in `hosts`, lost ones (no heartbeat; forgotten after a while) in `lost`:
         per host its kind, capacity, allocated, utilization and replicas."""
@@ -550,6 +556,7 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     app.router.add_get("/", _to_dashboard)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SeriesCollector(recorder))
+    app.router.add_get("/v1/platforms", api.platforms)
     add_health_routes(app, "platform", registry)
     add_openapi_route(app)
     return app

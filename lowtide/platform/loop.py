@@ -21,12 +21,20 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Gauge
+
 from .._redis import pause
 from .schedule import Look, Schedule
 
 log = logging.getLogger(__name__)
 
 RESYNC_S = 30.0
+
+RECONCILES = Counter("lowtide_platform_reconciles_total",
+                     "Endpoint reconciles run by this platform's scaling loop")
+ENDPOINTS = Gauge("lowtide_platform_endpoints",
+                  "Endpoints this platform scales: known, active (looked at every tick) and "
+                  "waiting on a timer", ["state"])
 
 
 class Ownership(Protocol):
@@ -130,6 +138,9 @@ class ScalingLoop:
         names = self.schedule.due(now)
         for i in range(0, len(names), self.batch_size):
             await self._look_many(names[i: i + self.batch_size], now)
+        ENDPOINTS.labels(state="known").set(len(self.known))
+        ENDPOINTS.labels(state="active").set(len(self.schedule.active))
+        ENDPOINTS.labels(state="timer").set(self.schedule.timers)
 
     async def resync(self, now: float) -> None:
         try:
@@ -179,6 +190,7 @@ class ScalingLoop:
 
     async def _reconcile(self, name: str, batch: Any, now: float) -> Look | None:
         self.looks += 1
+        RECONCILES.inc()
         try:
             return await self.reconciler.reconcile(name, batch, now)
         except Exception:  # one endpoint's bad state must not stop the loop

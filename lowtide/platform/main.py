@@ -16,6 +16,7 @@ from .api import build_app
 from .scaler import Scaler, ScalerSettings
 from .series import SeriesRecorder
 from .settings import PlatformSettings
+from .shards import Shards, new_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,18 @@ async def publish_url(redis: Redis, settings: PlatformSettings, runner: web.AppR
 async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     redis = async_redis(settings.redis_url)
     sync = sync_redis(settings.redis_url)
+    shards = Shards(redis, settings.instance_id or new_instance_id())
     scaler = Scaler(redis, sync, ScalerSettings(keep_alive_s=settings.keep_alive_s,
-                                                keep_alive_bin_s=settings.keep_alive_bin_s))
+                                                keep_alive_bin_s=settings.keep_alive_bin_s),
+                    shards=shards)
     recorder = SeriesRecorder(redis)
     scaler.observed = recorder.observe
     runner = await serve_app(build_app(settings, redis, scaler, recorder), settings.host,
                              settings.port)
     await publish_url(redis, settings, runner)
-    log.info("platform API on http://%s:%d (keep-alive: %s)", settings.host, settings.port,
-             "platform policy" if settings.keep_alive_s is None else f"{settings.keep_alive_s:g} s")
+    log.info("platform %s: API on http://%s:%d (keep-alive: %s)", shards.id, settings.host,
+             settings.port, "platform policy" if settings.keep_alive_s is None
+             else f"{settings.keep_alive_s:g} s")
     try:
         await supervise(stop, [asyncio.create_task(scaler.run(stop), name="scaler"),
                                asyncio.create_task(recorder.run(stop), name="series")])

@@ -26,15 +26,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import _keys
-from .._redis import follow
+from .._redis import follow, pause
 from . import state
 from .hostwatch import HostWatcher
 from .keepalive import KeepAlive, LearnedStateError
-from .loop import Ownership, ScalingLoop
+from .loop import ScalingLoop
 from .policy import Autoscaler, Decision, Observation
 from .replicas import ReplicaSupervisor
 from .schedule import Look, next_look, policy_timers
 from .settings import ScalerSettings
+from .shards import RENEW_S, Gained, Shards, shard_of
 from .snapshot import Batch, observation, read_batch
 from .state import Deployment
 
@@ -61,13 +62,13 @@ return 0
 class Scaler:
     def __init__(
         self, redis: Redis, sync_redis: SyncRedis, settings: ScalerSettings,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, shards: Shards | None = None,
     ) -> None:
         self.redis = redis
         self.sync_redis = sync_redis
         self.settings = settings
         self.clock = clock
-        self.shards: Ownership | None = None  # None: this platform scales every endpoint
+        self.shards = shards  # None: this platform scales every endpoint
         self.loop = ScalingLoop(self, clock, settings.tick_s)
         self.hosts = HostWatcher(redis, sync_redis, clock)
         self.replicas = ReplicaSupervisor(redis, sync_redis, settings, self.hosts, clock)
@@ -170,14 +171,18 @@ class Scaler:
 
     # ---- loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        wakes = asyncio.create_task(self._listen_wakes(stop), name="wakes")
-        loop = asyncio.create_task(self.loop.run(stop), name="scaling-loop")
+        if self.shards is not None:  # the first claim before the first pass
+            await self._claim()
+        tasks = {asyncio.create_task(self._listen_wakes(stop), name="wakes"),
+                 asyncio.create_task(self.loop.run(stop), name="scaling-loop")}
+        if self.shards is not None:
+            tasks.add(asyncio.create_task(self._hold_leases(stop), name="shard-leases"))
         try:
-            done, _ = await asyncio.wait({wakes, loop}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # a dead listener or loop is an error, not silence
         finally:
-            for task in (wakes, loop):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RedisError):
                     await task
@@ -186,6 +191,53 @@ class Scaler:
             except asyncio.TimeoutError:
                 log.warning("saving the learned state took over %g s at shutdown; what was "
                             "learned since the last save is lost", SHUTDOWN_SAVE_S)
+
+    async def _hold_leases(self, stop: asyncio.Event) -> None:
+        assert self.shards is not None
+        try:
+            while not stop.is_set():
+                await pause(stop, RENEW_S)
+                await self._claim()
+        finally:
+            with contextlib.suppress(RedisError):  # the others take over at once
+                await self.save_all_learned()
+                await self.shards.release()
+
+    async def _claim(self) -> None:
+        assert self.shards is not None
+        try:
+            gained, lost = await self.shards.claim()
+        except RedisError as exc:
+            log.warning("renewing the shard leases failed (kept for up to their lease): %s",
+                        exc)
+            return
+        if lost:
+            log.info("platform %s no longer scales shard(s) %s", self.shards.id,
+                     ", ".join(map(str, lost)))
+        if gained or lost:
+            self.loop.resync_soon()
+        for g in gained:
+            await self._say_gained(g)
+
+    async def _say_gained(self, g: Gained) -> None:
+        """Log a shard gained; a takeover also in the platform's events and in those of the
+        shard's active endpoints (whose decisions this instance makes now)."""
+        assert self.shards is not None
+        text = g.describe(self.shards.id)
+        takeover = bool(g.before) and not g.before.startswith("released:")
+        (log.warning if takeover else log.info)("%s", text)
+        now = self.clock()
+        await self.redis.xadd(_keys.PLATFORM_EVENTS, {"event": json.dumps({
+            "at": now, "shard": g.shard, "leader": self.shards.id, "before": g.before,
+            "reason": text})}, maxlen=1000, approximate=True)
+        if not takeover:
+            return
+        for raw in await self.redis.smembers(_keys.ACTIVE):
+            name = raw.decode()
+            if shard_of(name, self.shards.shards) == g.shard:
+                desired = int(await self.redis.hget(_keys.deployment(name), "desired") or 0)
+                await state.record_event(self.redis, name, "takeover", text, frm=desired,
+                                         to=desired, now=now)
 
     async def _listen_wakes(self, stop: asyncio.Event) -> None:
         async def wake(data: bytes) -> None:

@@ -23,6 +23,7 @@ class PlatformSettings:
     blob_dir: Path = field(default_factory=lambda: home_dir() / "blobs")  # the blob store
     max_blob_bytes: int = 64 * 2**30  # one artifact or model file; over it: 413
     advertise_url: str = ""  # where agents reach this platform; "" = http://HOST:PORT
+    instance_id: str = ""  # names this platform in shard leases and events; "": generated
 
     def __post_init__(self) -> None:
         if not self.token_sha256:

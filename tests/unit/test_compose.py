@@ -19,7 +19,7 @@ from lowtide import _home
 from lowtide.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-LOWTIDE_SERVICES = ["platform", "activator", "agent", "agent-gpu"]
+LOWTIDE_SERVICES = ["platform", "platform-2", "activator", "agent", "agent-gpu"]
 AGENTS = ["agent", "agent-gpu"]
 # Read by home_dir() rather than through build_parser's env lookups.
 VARIABLES_READ_ELSEWHERE = {"LOWTIDE_HOME"}
@@ -214,6 +214,17 @@ def test_gpu_agent_is_a_profile_with_an_nvidia_reservation(services: dict[str, A
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     for name in ["redis", "platform", "activator", "agent"]:
         assert "profiles" not in services[name]
+
+
+def test_a_second_platform_is_a_profile_sharing_the_token_with_its_own_id(
+        services: dict[str, Any]) -> None:
+    one, two = services["platform"], services["platform-2"]
+    assert two["profiles"] == ["ha"]
+    assert two["volumes"][0] == one["volumes"][0]  # the generated token
+    assert two["depends_on"]["platform"]["condition"] == "service_healthy"
+    assert service_args(one).instance_id != service_args(two).instance_id
+    assert set(published(two).values()).isdisjoint(published(one).values())
+    assert service_args(two).public_url == service_args(one).public_url
 
 
 # ---- the image ------------------------------------------------------------------------
