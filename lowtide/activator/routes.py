@@ -1,7 +1,10 @@
 """The activator's in-memory view of endpoints and their ready replicas.
 
 Kept current by route events from Redis (a replica became ready or went away, a
-deployment changed) and by a periodic resync, so a missed event heals within seconds.
+deployment changed) and by a periodic resync, so a missed event heals within seconds. An
+endpoint enters the view when a request asks for it; one without ready replicas leaves it
+after `UNUSED_FORGET_S` without requests, so the table and the resync's work follow the
+endpoints in use, not every endpoint ever called.
 Picking a replica reads only memory: power of two choices on outstanding requests,
 skipping replicas at their limit.
 
@@ -32,6 +35,7 @@ from .admission import usable
 log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
+UNUSED_FORGET_S = 60.0  # an endpoint without replicas and requests this long leaves the view
 INITIAL_LIMIT = LimiterConfig().initial_limit  # for a record that names no limit
 _LIMIT, _NO_LOAD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower()
 
@@ -70,6 +74,10 @@ class EndpointRoute:
     timeout_s: float
     replicas: dict[str, ReplicaRoute] = field(default_factory=dict)
     access: Access = field(default_factory=Access)  # who may invoke: mode and key digests
+    used_at: float = field(default_factory=time.monotonic)  # the last request that asked
+
+    def unused(self, now: float) -> bool:
+        return not self.replicas and now - self.used_at > UNUSED_FORGET_S
 
     def ready(self) -> list[ReplicaRoute]:
         return [r for r in self.replicas.values() if r.healthy]
@@ -97,9 +105,11 @@ class Routes:
 
     async def get(self, name: str) -> EndpointRoute | None:
         found = self.endpoints.get(name)
+        if found is None:
+            found = await self.refresh(name)
         if found is not None:
-            return found
-        return await self.refresh(name)
+            found.used_at = time.monotonic()
+        return found
 
     async def refresh(self, name: str, previous: dict[str, ReplicaRoute] | None = None
                       ) -> EndpointRoute | None:
@@ -132,6 +142,9 @@ class Routes:
             replicas[route.id] = route
         endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
                                  await self._access(name, spec))
+        old = self.endpoints.get(name)
+        if old is not None:
+            endpoint.used_at = old.used_at
         self.endpoints[name] = endpoint
         self._changed(name)
         return endpoint
@@ -170,8 +183,12 @@ class Routes:
 
         async def resync() -> None:
             nonlocal next_resync
-            for name in list(self.endpoints):
-                await self.refresh(name)
+            now = time.monotonic()
+            for name, endpoint in list(self.endpoints.items()):
+                if endpoint.unused(now):
+                    self.endpoints.pop(name, None)
+                else:
+                    await self.refresh(name)
             next_resync = time.monotonic() + RESYNC_S
 
         async def maybe_resync() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -111,5 +112,41 @@ async def test_resync_and_route_events_keep_in_flight_counts_true(own_redis_url:
                          json.dumps({**rec, "address": "127.0.0.1:9002"}))
         await routes.refresh("ep")
         assert routes.endpoints["ep"].replicas["r1"] is not first
+    finally:
+        await redis.aclose()
+
+
+async def test_an_endpoint_without_replicas_leaves_the_view_when_unused(
+        own_redis_url: str) -> None:
+    """The table (and the resync's work) follows the endpoints in use."""
+    import json
+
+    from lowtide import _keys
+    from lowtide._redis import async_redis
+    from lowtide.activator import routes as routes_mod
+
+    redis = async_redis(own_redis_url)
+    try:
+        for name in ("cold", "warm"):
+            await redis.hset(_keys.deployment(name),
+                             mapping={"spec": json.dumps({"timeout_s": 30}), "version": 1})
+        await redis.hset(_keys.replicas("warm"), "r1", json.dumps(
+            {"id": "r1", "address": "127.0.0.1:9001", "state": "ready", "version": 1}))
+        routes = routes_mod.Routes(redis)
+        assert await routes.get("cold") and await routes.get("warm")
+        assert not routes.endpoints["cold"].unused(routes.endpoints["cold"].used_at + 1)
+        later = routes.endpoints["cold"].used_at + routes_mod.UNUSED_FORGET_S + 1
+        assert routes.endpoints["cold"].unused(later)
+        assert not routes.endpoints["warm"].unused(later)  # it has a ready replica
+        routes.endpoints["cold"].used_at -= routes_mod.UNUSED_FORGET_S + 1  # a minute ago
+        stop = asyncio.Event()
+        task = asyncio.create_task(routes.run(stop))  # subscribes, then resyncs
+        for _ in range(200):
+            if "cold" not in routes.endpoints:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert set(routes.endpoints) == {"warm"}
     finally:
         await redis.aclose()
