@@ -2,21 +2,22 @@
 
 The names are kept in a sorted set (`_keys.DEPLOYMENT_NAMES`, all scores 0, so ZRANGEBYLEX
 walks them in name order) beside the plain set that the rest reads; a page is the `limit`
-names after the cursor (the last name of the previous page), and its summaries are read in
-two pipelined round trips. The cost of a page follows its size, not the number of
-endpoints. `active` endpoints (desired above zero) are also in `_keys.ACTIVE`, written with
-each decision, so `state=active` reads only those and `state=idle` skips them.
+names after the cursor (the last name of the previous page), and its summaries are read by
+one script call (a pipeline's per-command cost in the client was most of a page). The
+cost of a page follows its size, not the number of endpoints. Endpoints whose desired
+replicas are above zero are also in `_keys.ACTIVE`, written with each decision, so
+`state=active` reads only those and `state=idle` skips them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
 from .. import _keys
-from . import state
 
 STATES = ("active", "idle")
 MAX_LIMIT = 1000
@@ -67,40 +68,53 @@ async def page(redis: Redis, cursor: str | None, limit: int, only: str | None
     return found, last
 
 
-async def summaries(redis: Redis, names: Sequence[str], url_of: Callable[[str], str], now: float
-                    ) -> list[dict[str, Any]]:
+# per endpoint (KEYS: its deployment hash, replicas hash, stream): what a summary needs
+_READ_PAGE = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = {
+    redis.call('HMGET', KEYS[i], 'spec', 'version', 'created_at', 'updated_at', 'desired'),
+    redis.call('HVALS', KEYS[i + 1]),
+    redis.call('XLEN', KEYS[i + 2])}
+end
+return out
+"""
+
+
+async def summaries(redis: Redis, names: Sequence[str], url_of: Callable[[str], str],
+                    now: float) -> list[dict[str, Any]]:
     """What `lowtide ls` shows of each endpoint (`GET /v1/deployments/{name}` has the
-    rest), read in two round trips for the whole page."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hgetall(_keys.deployment(name))
-            pipe.hvals(_keys.replicas(name))
-            pipe.xlen(_keys.stream(name))
-        raw = await pipe.execute()
-    deps, replicas, depths = raw[0::3], raw[1::3], raw[2::3]
-    records = [[state.ReplicaRecord.from_json(v) for v in values] for values in replicas]
-    ids = [r.id for rs in records for r in rs]
+    rest, its last decision included): one script call for the page, then the heartbeats
+    of its replicas, if any."""
+    if not names:
+        return []
+    keys = [k for n in names
+            for k in (_keys.deployment(n), _keys.replicas(n), _keys.stream(n))]
+    rows = await redis.register_script(_READ_PAGE)(keys=keys)
+    deps, replicas, depths = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    records = [[json.loads(v) for v in values] for values in replicas]
+    ids = [r["id"] for rs in records for r in rs]
     beats = dict(zip(ids, await redis.mget([_keys.replica_alive(i) for i in ids]),
                      strict=True)) if ids else {}
     items = []
-    for name, raw_dep, rs, depth in zip(names, deps, records, depths, strict=True):
-        dep = state.parse_deployment(raw_dep)
-        if dep is None:  # deleted meanwhile
+    for name, (spec, version, created, updated, desired), rs, depth in zip(
+            names, deps, records, depths, strict=True):
+        if spec is None or version is None:  # deleted meanwhile
             continue
-        current = [r for r in rs if r.version == dep.version]
+        version, desired = int(version), int(desired or 0)
+        current = [r for r in rs if r.get("version") == version]
         items.append({
-            "name": name, "url": url_of(name), "version": dep.version,
-            "state": "active" if dep.desired > 0 else "idle",
-            "spec": dep.spec.to_dict(), "created_at": dep.created_at,
-            "updated_at": dep.updated_at,
+            "name": name, "url": url_of(name), "version": version,
+            "state": "active" if desired > 0 else "idle",
+            "spec": json.loads(spec), "created_at": float(created or 0),
+            "updated_at": float(updated or 0),
             "replicas": {
-                "ready": sum(1 for r in current if r.state == "ready" and beats.get(r.id)),
-                "desired": dep.desired,
-                "starting": sum(1 for r in current if r.state == "starting"),
-                "stopping": sum(1 for r in rs if r.state == "stopping"),
+                "ready": sum(1 for r in current
+                             if r.get("state") == "ready" and beats.get(r["id"])),
+                "desired": desired,
+                "starting": sum(1 for r in current if r.get("state") == "starting"),
+                "stopping": sum(1 for r in rs if r.get("state") == "stopping"),
             },
             "queue": {"depth": int(depth)},
-            "last_decision": dep.last_decision,
         })
     return items
-
