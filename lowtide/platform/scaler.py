@@ -308,7 +308,8 @@ class Scaler:
         await self.replicas.converge(dep, current, decision.desired, now)
         await self.save_learned(name, now)
         return await self._next_look(name, policy, decision.desired,
-                                     len(replicas) + len(current) - before, snap.queue.depth,
+                                     len(replicas) + len(current) - before,
+                                     snap.queue.depth + snap.queue.in_memory,
                                      obs.last_activity_at, now)
 
     async def _next_look(self, name: str, policy: Autoscaler, desired: int, replicas: int,

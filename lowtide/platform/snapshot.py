@@ -1,11 +1,11 @@
 """What the scaling loop observes of many endpoints, read in a few pipelined round trips.
 
 `read_batch()` reads every endpoint of a pass together: the deployments, replica records,
-stream lengths and request counters in one pipeline, then the replicas' heartbeats and the
-non-empty streams' consumer groups in a second, then the oldest waiting entry of those
-streams in a third: three round trips per pass, however many endpoints it holds (before, a
-pass cost about ten round trips per endpoint). `observation()` turns one endpoint's reads
-into the policy's `Observation`, without I/O.
+stream lengths, request counters and the activators' waiters in one pipeline, then the
+replicas' heartbeats and the non-empty streams' consumer groups in a second, then the
+oldest waiting entry of those streams in a third: three round trips per pass, however many
+endpoints it holds (before, a pass cost about ten round trips per endpoint).
+`observation()` turns one endpoint's reads into the policy's `Observation`, without I/O.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Snapshot:
     replicas: list[ReplicaRecord]
     queue: QueueStats
     stats: RequestStats
+    waiting: dict[bytes, bytes]  # the activators' flushed in-memory waiters
 
 
 @dataclass
@@ -49,20 +50,22 @@ async def read_batch(redis: Redis, names: Sequence[str], now: float) -> Batch:
             pipe.hgetall(_keys.replicas(name))
             pipe.xlen(_keys.stream(name))
             pipe.hmget(_keys.stats(name), ["requests", "last_request_at"])
+            pipe.hgetall(_keys.waiting(name))
         first = await pipe.execute()
     batch = Batch(hosts)
     depths: dict[str, int] = {}
     records: list[ReplicaRecord] = []
     for i, name in enumerate(names):
-        raw_dep, raw_replicas, depth, counted = first[4 * i: 4 * i + 4]
+        raw_dep, raw_replicas, depth, counted, waiting = first[5 * i: 5 * i + 5]
         replicas = sorted((ReplicaRecord.from_json(v) for v in raw_replicas.values()),
                           key=lambda r: r.created_at)
         records.extend(replicas)
         if int(depth):
             depths[name] = int(depth)
         batch.endpoints[name] = Snapshot(
-            state.parse_deployment(raw_dep), replicas, QueueStats(0, 0, 0.0),
-            RequestStats(int(counted[0] or 0), float(counted[1] or 0.0)))
+            state.parse_deployment(raw_dep), replicas,
+            state.queue_stats_from(0, None, None, waiting, now),
+            RequestStats(int(counted[0] or 0), float(counted[1] or 0.0)), waiting)
     await _read_beats_and_queues(redis, batch, records, depths, now)
     return batch
 
@@ -91,7 +94,8 @@ async def _read_beats_and_queues(redis: Redis, batch: Batch, records: list[Repli
                         count=1)
         oldest = await pipe.execute()
     for name, found, entry in zip(queued, groups, oldest, strict=True):
-        batch.endpoints[name].queue = state.queue_stats_from(depths[name], found, entry, now)
+        snap = batch.endpoints[name]
+        snap.queue = state.queue_stats_from(depths[name], found, entry, snap.waiting, now)
 
 
 def observation(dep: Deployment, current: list[ReplicaRecord], snap: Snapshot,

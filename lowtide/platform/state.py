@@ -109,14 +109,18 @@ def _stream_id_seconds(entry_id: bytes) -> float:
     return int(entry_id.split(b"-", 1)[0]) / 1000.0
 
 
-def queue_stats_from(depth: int, groups: Any, first: Any, now: float) -> QueueStats:
-    """QueueStats from XLEN, XINFO GROUPS and the first undelivered entry (XRANGE)."""
+def queue_stats_from(depth: int, groups: Any, first: Any, waiting: dict[bytes, bytes],
+                     now: float) -> QueueStats:
+    """QueueStats from XLEN, XINFO GROUPS, the first undelivered entry (XRANGE) and the
+    activators' flushed waiters (HGETALL of `_keys.waiting`)."""
+    in_memory, memory_oldest_s = waiting_in_memory(waiting, now)
     pending = 0
     for group in groups or ():
         if group["name"] in (_keys.STREAM_GROUP, _keys.STREAM_GROUP.encode()):
             pending = int(group["pending"])
     oldest = max(0.0, now - _stream_id_seconds(first[0][0])) if first else 0.0
-    return QueueStats(depth, max(0, depth - pending), oldest)
+    return QueueStats(depth, max(0, depth - pending) + in_memory,
+                      max(oldest, memory_oldest_s), in_memory)
 
 
 def last_delivered(groups: Any) -> bytes:
