@@ -14,7 +14,7 @@ the level's endpoints.
 How the endpoints are deployed: the probe and the busy endpoints go through the SDK
 (`lowtide.deploy`, one by one; their mean time per deploy is printed). The thousands of idle
 ones are registered in bulk by this script: it writes, in pipelines, the same keys the
-deploy API writes (the probe's spec and artifact under each name, its request stream and
+deploy API writes (the probe's spec and artifact manifest under each name, its stream and
 consumer group, the name indexes), with `updated_at` an hour back (deployed earlier, idle
 since); the platform finds them at its next resync (30 s), as after a missed event. The
 table shows that registration time and the SDK's time per deploy times the count.
@@ -202,7 +202,7 @@ def measure_level(b: Bench, n: int, args: argparse.Namespace, sdk_s: float,
 
 
 def redis_key_bytes(b: Bench, name: str) -> dict[str, int]:
-    keys = {"deployment": _keys.deployment(name), "artifact": _keys.artifact(name, 1),
+    keys = {"deployment": _keys.deployment(name), "manifest": _keys.artifact(name, 1),
             "stream+group": _keys.stream(name), "version": _keys.version_counter(name)}
     return {k: int(b.redis.memory_usage(key) or 0) for k, key in keys.items()}
 
