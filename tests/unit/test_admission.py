@@ -226,3 +226,13 @@ def test_the_platform_counts_fresh_waiters_of_every_activator() -> None:
            b"bad": b"{"}
     assert waiting_in_memory(raw, now) == (10, 3.0)  # ages advanced to now
     assert waiting_in_memory({}, now) == (0, 0.0)
+
+
+def test_the_backlog_reading_gives_the_oldest_untaken_entry_time() -> None:
+    from lowtide.activator.backlog import Backlog
+
+    backlog = Backlog(100)
+    backlog.observe("ep", length=5, added_before=0, pending=2, oldest_at=1234.5)
+    assert backlog.queued("ep") == 3 and backlog.oldest_queued_at("ep") == 1234.5
+    backlog.observe("ep", length=2, added_before=0, pending=2, oldest_at=None)
+    assert backlog.queued("ep") == 0 and backlog.oldest_queued_at("ep") is None
