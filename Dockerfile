@@ -24,8 +24,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 RUN python3 -m venv /opt/lowtide \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/lowtide lowtide \
- && mkdir -p /var/lib/lowtide \
- && chown lowtide:lowtide /var/lib/lowtide
+ && mkdir -p /var/lib/lowtide/blobs \
+ && chown -R lowtide:lowtide /var/lib/lowtide
 
 # Dependencies first: this layer is rebuilt only when pyproject.toml changes.
 WORKDIR /src

@@ -43,6 +43,16 @@ def overcommit_factor(text: str) -> float:
     return value
 
 
+def size_bytes(text: str) -> int:
+    """'64Gi', '500M' or a number of bytes."""
+    from .._spec import SpecError, parse_memory
+
+    try:
+        return parse_memory(text, "size")
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)

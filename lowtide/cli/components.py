@@ -16,6 +16,7 @@ from ._common import (
     positive_int,
     redis_url_from,
     setup_logging,
+    size_bytes,
 )
 
 
@@ -64,6 +65,17 @@ def add_parsers(sub: Any, env: Mapping[str, str], home: str) -> None:
                     help="resolution of the learned keep-alive's idle-gap histogram; shorter "
                     "gaps are not idle periods (env LOWTIDE_KEEP_ALIVE_BIN_S; tests use ~1 s "
                     "to learn in seconds)")
+    pl.add_argument("--blob-dir", default=env_value(env, "LOWTIDE_BLOB_DIR",
+                                                    str(Path(home) / "blobs")),
+                    help="the blob store: artifacts and model files (env LOWTIDE_BLOB_DIR, "
+                    "default LOWTIDE_HOME/blobs)")
+    pl.add_argument("--max-blob-bytes", type=size_bytes, metavar="SIZE",
+                    default=env_value(env, "LOWTIDE_MAX_BLOB_BYTES", "64Gi"),
+                    help="largest artifact or model file, 413 above (default 64Gi)")
+    pl.add_argument("--advertise-url", default=env_value(env, "LOWTIDE_PLATFORM_ADVERTISE_URL",
+                                                         ""),
+                    help="where host agents reach this platform for blobs (default "
+                    "http://HOST:PORT; env LOWTIDE_PLATFORM_ADVERTISE_URL)")
 
     ac = sub.add_parser("activator", help="run the ingress (invoke URLs)")
     ac.add_argument("--redis-url", default=redis_url_from(env), help="env LOWTIDE_REDIS_URL")
@@ -114,6 +126,14 @@ def add_parsers(sub: Any, env: Mapping[str, str], home: str) -> None:
     ag.add_argument("--no-gpu", dest="gpus", action="store_false",
                     default=env_value(env, "LOWTIDE_GPUS", "1") not in ("0", "false", "no"),
                     help="do not offer this host's GPUs (env LOWTIDE_GPUS=0)")
+    ag.add_argument("--blob-cache-bytes", type=size_bytes, metavar="SIZE",
+                    default=env_value(env, "LOWTIDE_BLOB_CACHE_BYTES", "50Gi"),
+                    help="disk for fetched artifacts and models, least recently used evicted "
+                    "(default 50Gi)")
+    ag.add_argument("--platform-url",
+                    default=env_value(env, "LOWTIDE_AGENT_PLATFORM_URL", ""),
+                    help="where to fetch blobs (env LOWTIDE_AGENT_PLATFORM_URL; default: the "
+                    "URL the platform publishes in Redis)")
 
 
 def _need_redis(args: argparse.Namespace) -> str:
@@ -144,7 +164,9 @@ def cmd_platform(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis_url=_need_redis(args), token_sha256=digest, host=args.host, port=args.port,
         public_activator_url=args.public_url,
         keep_alive_s=None if args.keep_alive is None else float(args.keep_alive),
-        keep_alive_bin_s=float(args.keep_alive_bin), instance_id=args.instance_id)
+        keep_alive_bin_s=float(args.keep_alive_bin), instance_id=args.instance_id,
+        blob_dir=Path(args.blob_dir).expanduser(), max_blob_bytes=args.max_blob_bytes,
+        advertise_url=args.advertise_url)
     setup_logging(args.log_level)
     run(lambda stop: serve(settings, stop))
     return 0
@@ -174,7 +196,8 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         advertise_address=args.advertise_address,
         bind_host=args.bind_host or args.advertise_address,
         port=args.port, pool=args.pool, labels=parse_labels(args.labels),
-        cpu_overcommit=float(args.cpu_overcommit), gpus=args.gpus)
+        cpu_overcommit=float(args.cpu_overcommit), gpus=args.gpus,
+        blob_cache_bytes=args.blob_cache_bytes, platform_url=args.platform_url)
     setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
