@@ -36,6 +36,9 @@ def version_counter(name: str) -> str:
     return f"{PREFIX}ver:{name}"
 
 
+ARTIFACTS_MATCH = PREFIX + "art:*"  # SCAN pattern of every version's manifest
+
+
 def artifact(name: str, version: int) -> str:
     """String: the version's manifest (JSON, lowtide._manifest): its blobs by digest."""
     return f"{PREFIX}art:{name}:{version}"

@@ -13,7 +13,9 @@ Routes (`add_blob_routes`):
   Routes under `/v1/host/` check that token themselves instead of the API token.
 
 Storage is behind `BlobStore` (a folder today, `FileBlobStore`; an S3-compatible store later
-implements the same five methods). Redis holds only metadata: the manifests that name blobs.
+implements the same seven methods). Redis holds only metadata: the manifests that name blobs.
+`BlobCollector` deletes blobs no manifest names (a replaced or deleted version's) after a
+grace period; asking for a blob (`missing`) renews it, so a deploy in flight keeps its blobs.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .. import _keys
 from .._http import BadRequest, NotFound, PayloadTooLarge, Unauthorized, json_response
@@ -69,6 +74,12 @@ class BlobStore(Protocol):
         """Where the blob lies as a local file (sent with sendfile), or None."""
 
     async def delete(self, sha256: str) -> None: ...
+
+    async def touch(self, sha256: str) -> None:
+        """Count the blob as just written: the collector keeps it for its grace period."""
+
+    def list(self) -> AsyncIterator[tuple[str, int, float]]:
+        """Every blob: (digest, size, last written or touched)."""
 
 
 class FileBlobStore:
@@ -120,6 +131,22 @@ class FileBlobStore:
     async def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
 
+    async def touch(self, sha256: str) -> None:
+        with suppress(FileNotFoundError):
+            os.utime(self._path(sha256))
+
+    async def list(self) -> AsyncIterator[tuple[str, int, float]]:
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                if SHA256.fullmatch(path.name):
+                    with suppress(FileNotFoundError):
+                        st = path.stat()
+                        yield path.name, st.st_size, st.st_mtime
+
 
 def _hash_and_write(h: hashlib._Hash, f: object, chunk: bytes) -> None:
     h.update(chunk)
@@ -153,6 +180,8 @@ async def store_inline(store: BlobStore, data: bytes, max_bytes: int) -> BlobRef
 
     if await store.size(digest) is None:
         await store.write(digest, one(), max_bytes)
+    else:
+        await store.touch(digest)
     return BlobRef(digest, len(data))
 
 
@@ -193,7 +222,12 @@ class BlobAPI:
         for ref in refs:
             if ref.size > self.max_blob_bytes:
                 raise self._too_large(f"blob {ref.sha256}", ref.size)
-        missing = [r.sha256 for r in refs if await self.store.size(r.sha256) is None]
+        missing = []
+        for ref in refs:
+            if await self.store.size(ref.sha256) is None:
+                missing.append(ref.sha256)
+            else:  # the deploy that follows will name it: not collected meanwhile
+                await self.store.touch(ref.sha256)
         return json_response({"missing": sorted(set(missing)),
                               "max_blob_bytes": self.max_blob_bytes})
 
@@ -253,5 +287,60 @@ def add_blob_routes(app: web.Application, store: BlobStore, max_blob_bytes: int)
     app.on_startup.append(on_startup)
 
 
-def default_blob_dir(home: Path) -> Path:
-    return Path(os.path.expanduser(str(home))) / "blobs"
+# ---- collection: blobs no deployment version names any more ---------------------------
+def unreferenced(stored: Iterable[tuple[str, float]], referenced: set[str], now: float,
+                 grace_s: float) -> list[str]:
+    """The stored blobs (digest, last written) to delete: named by no manifest, and older
+    than `grace_s`, so a blob uploaded for a deploy that has not arrived yet is kept."""
+    return sorted(d for d, written in stored if d not in referenced and now - written > grace_s)
+
+
+async def referenced_blobs(redis: Redis) -> set[str]:
+    """Every blob a stored manifest names (current versions; a replaced one's goes with it)."""
+    found: set[str] = set()
+    batch: list[bytes] = []
+
+    async def read(keys: list[bytes]) -> None:
+        for raw in await redis.mget(keys):
+            if raw is not None:
+                with suppress(ManifestError):
+                    found.update(Manifest.from_json(raw).blobs())
+
+    async for key in redis.scan_iter(match=_keys.ARTIFACTS_MATCH, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await read(batch)
+            batch = []
+    if batch:
+        await read(batch)
+    return found
+
+
+class BlobCollector:
+    """Deletes unreferenced blobs every `every_s`: a thin loop around `unreferenced`."""
+
+    def __init__(self, store: BlobStore, redis: Redis, every_s: float = 600.0,
+                 grace_s: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.redis = store, redis
+        self.every_s, self.grace_s, self.clock = every_s, grace_s, clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.collect_once()
+            except (RedisError, OSError) as exc:  # the next round tries again
+                log.warning("blob collection failed: %s", exc)
+
+    async def collect_once(self) -> list[str]:
+        stored = [(d, written) async for d, _size, written in self.store.list()]
+        referenced = await referenced_blobs(self.redis)
+        victims = unreferenced(stored, referenced, self.clock(), self.grace_s)
+        for digest in victims:
+            await self.store.delete(digest)
+        if victims:
+            log.info("deleted %d blob(s) no deployment names", len(victims))
+        return victims

@@ -13,6 +13,7 @@ from .. import _keys
 from .._redis import async_redis, sync_redis
 from .._run import serve_app, supervise
 from .api import build_app
+from .blobs import BlobCollector, FileBlobStore
 from .scaler import Scaler, ScalerSettings
 from .series import SeriesRecorder
 from .settings import PlatformSettings
@@ -42,15 +43,18 @@ async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
                     shards=shards)
     recorder = SeriesRecorder(redis)
     scaler.observed = recorder.observe
-    runner = await serve_app(build_app(settings, redis, scaler, recorder), settings.host,
-                             settings.port)
+    store = FileBlobStore(settings.blob_dir)
+    collector = BlobCollector(store, redis)
+    runner = await serve_app(build_app(settings, redis, scaler, recorder, store),
+                             settings.host, settings.port)
     await publish_url(redis, settings, runner)
     log.info("platform %s: API on http://%s:%d (keep-alive: %s)", shards.id, settings.host,
              settings.port, "platform policy" if settings.keep_alive_s is None
              else f"{settings.keep_alive_s:g} s")
     try:
         await supervise(stop, [asyncio.create_task(scaler.run(stop), name="scaler"),
-                               asyncio.create_task(recorder.run(stop), name="series")])
+                               asyncio.create_task(recorder.run(stop), name="series"),
+                               asyncio.create_task(collector.run(stop), name="blobs")])
     finally:
         await runner.cleanup()
         await redis.aclose()

@@ -4,6 +4,8 @@ bounds, and the host agents' fetch with the host token."""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from lowtide._http import errors_middleware
-from lowtide.platform.blobs import FileBlobStore, add_blob_routes
+from lowtide.platform.blobs import (
+    BlobCollector,
+    FileBlobStore,
+    add_blob_routes,
+    store_inline,
+    unreferenced,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
@@ -88,3 +96,42 @@ async def test_bad_queries_are_400(http: TestClient) -> None:
         assert r.status == 400, body
     r = await http.put("/v1/blobs/not-a-digest", data=b"x")
     assert r.status == 404
+
+
+# ---- collection -----------------------------------------------------------------------
+@pytest.mark.parametrize(("referenced", "now", "deleted"), [
+    ({"a", "b"}, 5000.0, []),          # all named
+    ({"a"}, 5000.0, ["b"]),            # b named by nothing, written long ago
+    ({"a"}, 1500.0, []),               # ... but within the grace period: kept
+    (set(), 5000.0, ["a", "b"]),
+])
+def test_unreferenced_blobs_go_after_a_grace_period(referenced: set[str], now: float,
+                                                     deleted: list[str]) -> None:
+    stored = [("a", 100.0), ("b", 1000.0)]
+    assert unreferenced(stored, referenced, now, grace_s=600.0) == deleted
+
+
+async def test_the_collector_keeps_what_manifests_name(tmp_path: Path, redis_url: str) -> None:
+    from lowtide import _keys
+    from lowtide._manifest import Manifest
+    from lowtide._redis import async_redis
+
+    store = FileBlobStore(tmp_path / "blobs")
+    refs = {}
+    for data in (b"kept", b"dropped", b"asked-for"):
+        refs[data] = await store_inline(store, data, LIMIT)
+    redis = async_redis(redis_url)
+    key = _keys.artifact("gc-test", 1)
+    await redis.set(key, Manifest(refs[b"kept"]).to_json())
+    long_ago = time.time() - 7200.0  # every blob written past the grace period...
+    async for digest, _, _ in store.list():
+        path = store.local_path(digest)
+        assert path is not None
+        os.utime(path, (long_ago, long_ago))
+    await store.touch(refs[b"asked-for"].sha256)  # ... but this one a deploy just asked for
+    collector = BlobCollector(store, redis, grace_s=3600.0)
+    assert await collector.collect_once() == [refs[b"dropped"].sha256]
+    assert await store.size(refs[b"kept"].sha256) == 4
+    assert await store.size(refs[b"asked-for"].sha256) == 9
+    await redis.delete(key)
+    await redis.aclose()
