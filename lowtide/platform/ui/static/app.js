@@ -76,6 +76,37 @@
     return ls.length ? Math.min(...ls) : null;
   }
 
+  const sparks = {};
+
+  function drawSpark(canvas, spark) {
+    // requests/s over the last 10 min, scaling decisions as ticks (up blue, down purple)
+    const data = spark && spark.data;
+    if (!data) return;
+    const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+    const t = data.columns.t, v = data.columns.rps, lo = data.now - 600;
+    const x = (at) => (at - lo) / 600 * w;
+    const top = Math.max(1, ...v.filter((a) => a != null));
+    ctx.clearRect(0, 0, w, h);
+    ctx.fillStyle = "#eef1f4";
+    ctx.fillRect(0, h - 1, w, 1);
+    for (const e of data.events) {
+      if (!isDecision(e) || e.at < lo) continue;
+      ctx.fillStyle = e.to < e.from ? "#8250df" : "#0969da";
+      ctx.fillRect(Math.round(x(e.at)), 0, 1.5, h);
+    }
+    ctx.beginPath();
+    let open = false;
+    for (let i = 0; i < t.length; i++) {
+      if (t[i] < lo || v[i] == null) { open = false; continue; }
+      const px = x(t[i]), py = h - 2 - (h - 6) * v[i] / top;
+      if (open) ctx.lineTo(px, py); else ctx.moveTo(px, py);
+      open = true;
+    }
+    ctx.strokeStyle = "#0f7c8c";
+    ctx.lineWidth = 1.5;
+    ctx.stroke();
+  }
+
   function endpointsPage() {
     main.innerHTML = `<h1>Endpoints</h1><p class="muted small">Every endpoint, live: what it
       runs, what it serves and what the platform learned. A click opens its charts and decisions.</p>
@@ -99,7 +130,7 @@
       list.innerHTML = `<table class="grid" id="endpoints"><thead><tr>
         <th>Endpoint</th><th>State</th><th class="num">Replicas<br>ready / desired</th>
         <th class="num">Queue</th><th class="num">Req/s</th><th class="num">p50</th><th class="num">p99</th>
-        <th class="num">Learned limit</th><th>Keep-alive</th><th>Last decision</th></tr></thead><tbody>` +
+        <th class="num">Learned limit</th><th>Req/s, 10 min <span class="muted">· decisions</span></th><th>Keep-alive</th><th>Last decision</th></tr></thead><tbody>` +
         deployments.map((d) => {
           const r = d.replicas, t = d.traffic || {}, q = d.queue, ka = d.keep_alive || {};
           const last = d.last_decision;
@@ -110,10 +141,21 @@
             <td class="num">${q.depth}${q.oldest_age_s > 0.05 ? `<span class="sub">oldest ${dur(q.oldest_age_s)}</span>` : ""}</td>
             <td class="num">${num(t.rps)}</td><td class="num">${ms(t.p50_ms)}</td><td class="num">${ms(t.p99_ms)}</td>
             <td class="num">${limitOf(d) == null ? "–" : limitOf(d)}</td>
+            <td><canvas class="spark" width="160" height="34" data-spark="${esc(d.name)}"></canvas></td>
             <td>${dur(ka.keep_s)}<span class="sub">${esc(ka.reason)}</span></td>
             <td>${last ? `<span class="kind ${esc(last.kind)}">${esc(last.kind)}</span> <span class="muted small">${clock(last.at)}</span><span class="sub mono">${esc(last.reason)}</span>` : "–"}</td>
           </tr>`;
         }).join("") + "</tbody></table>";
+      list.querySelectorAll("canvas.spark").forEach((c) => drawSpark(c, sparks[c.dataset.spark]));
+      for (const d of deployments) {
+        const known = sparks[d.name];
+        if (!known || Date.now() - known.at > 5000) {
+          sparks[d.name] = Object.assign(known || {}, {at: Date.now()});
+          api(`/v1/deployments/${encodeURIComponent(d.name)}/series?window=10m`).then((s) => {
+            sparks[d.name] = {at: Date.now(), data: s};
+          }).catch(() => {});
+        }
+      }
       list.querySelectorAll("tr.row-link").forEach((tr) => tr.addEventListener("click", (ev) => {
         if (ev.target.tagName !== "A") location.href = "/ui/endpoints/" + encodeURIComponent(tr.dataset.name);
       }));
@@ -363,8 +405,8 @@
       const idx = g.index != null ? g.index : 0;
       const u = (ut.gpus || []).find((x) => x.index === idx) || {};
       const held = (al.gpus || []).includes(idx);
-      out += bar(`GPU ${idx}`, held ? 1 : 0, (u.utilization_percent || 0) / 100, 1,
-        `${u.utilization_percent == null ? "–" : Math.round(u.utilization_percent) + " %"} · ${held ? "allocated" : "free"} · ${bytes(g.memory_bytes)}`);
+      out += bar(`<span title="${esc(g.name || "")}">GPU ${idx}</span>`, held ? 1 : 0, (u.utilization_percent || 0) / 100, 1,
+        `${u.utilization_percent == null ? "–" : Math.round(u.utilization_percent) + " %"} · ${bytes(u.memory_used_bytes)} / ${bytes(g.memory_bytes)} · ${held ? "booked" : "free"}`);
     }
     const pool = load.pool;
     if (pool) {
@@ -406,8 +448,9 @@
       document.getElementById("hosts").innerHTML = hosts.length ? hosts.map(hostCard).join("") :
         `<div class="panel empty">No live host agents. Start one: <code>lowtide agent</code></div>`;
       document.getElementById("lost").innerHTML = lost.length ?
-        `<table class="grid"><thead><tr><th>Host</th><th>Kind</th><th>Address</th><th>Replicas it held</th></tr></thead><tbody>` +
+        `<table class="grid"><thead><tr><th>Host</th><th>Kind</th><th>Address</th><th>Capacity</th><th>Replicas it held</th></tr></thead><tbody>` +
         lost.map((h) => `<tr><td class="mono">${esc(h.id)}</td><td>${esc(h.kind)}</td><td>${esc(h.address || "")}</td>
+          <td>${num(h.capacity.cpus, 0)} cores · ${bytes(h.capacity.memory_bytes)}${(h.capacity.gpus || []).length ? ` · ${h.capacity.gpus.length} GPUs` : ""}</td>
           <td>${(h.replicas || []).map((r) => esc(r.endpoint + " " + r.id)).join(", ") || "–"}</td></tr>`).join("") + "</tbody></table>" :
         `<p class="muted small">None: every registered host is heartbeating.</p>`;
     });
