@@ -13,7 +13,7 @@
   // ---- helpers ---------------------------------------------------------------------
   const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g,
     (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-  const num = (v, d = 1) => v == null ? "–" : (Math.abs(v) >= 100 ? Math.round(v) : +v.toFixed(d)).toString();
+  const num = (v, d = 1) => v == null || isNaN(v) ? "–" : (v = +v, (Math.abs(v) >= 100 ? Math.round(v) : +v.toFixed(d)).toString());
   const ms = (v) => v == null ? "–" : v < 1 ? v.toFixed(2) + " ms" : v < 1000 ? num(v) + " ms" : num(v / 1000, 2) + " s";
   const dur = (s) => s == null ? "–" : s < 60 ? num(s) + " s" : s < 3600 ? num(s / 60) + " min" : num(s / 3600) + " h";
   const bytes = (b) => b == null ? "–" : b >= 2 ** 30 ? num(b / 2 ** 30) + " GiB" : num(b / 2 ** 20) + " MiB";
@@ -83,8 +83,9 @@
     const data = spark && spark.data;
     if (!data) return;
     const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
-    const t = data.columns.t, v = data.columns.rps, lo = data.now - 600;
-    const x = (at) => (at - lo) / 600 * w;
+    const t = data.columns.t, v = data.columns.rps;
+    const lo = Math.max(data.now - 600, Math.min(t.length ? t[0] : data.now, ...data.events.map((e) => e.at), data.now - 120) - 8);
+    const x = (at) => (at - lo) / (data.now - lo) * w;
     const top = Math.max(1, ...v.filter((a) => a != null));
     ctx.clearRect(0, 0, w, h);
     ctx.fillStyle = "#eef1f4";
@@ -135,12 +136,12 @@
           const r = d.replicas, t = d.traffic || {}, q = d.queue, ka = d.keep_alive || {};
           const last = d.last_decision;
           return `<tr class="row-link" data-name="${esc(d.name)}">
-            <td class="name"><a href="/ui/endpoints/${esc(d.name)}">${esc(d.name)}</a><span class="sub">v${d.version}</span></td>
+            <td class="name"><a href="/ui/endpoints/${esc(d.name)}">${esc(d.name)}</a><span class="sub">v${esc(d.version)}</span></td>
             <td>${badge(d.state, d.state_reason)}<span class="sub">${esc(d.state_reason)}</span></td>
-            <td class="num">${r.ready} / ${r.desired}${r.starting ? `<span class="sub">${r.starting} starting</span>` : ""}</td>
-            <td class="num">${q.depth}${q.oldest_age_s > 0.05 ? `<span class="sub">oldest ${dur(q.oldest_age_s)}</span>` : ""}</td>
+            <td class="num">${esc(r.ready)} / ${esc(r.desired)}${r.starting ? `<span class="sub">${esc(r.starting)} starting</span>` : ""}</td>
+            <td class="num">${esc(q.depth)}${q.oldest_age_s > 0.05 ? `<span class="sub">oldest ${dur(q.oldest_age_s)}</span>` : ""}</td>
             <td class="num">${num(t.rps)}</td><td class="num">${ms(t.p50_ms)}</td><td class="num">${ms(t.p99_ms)}</td>
-            <td class="num">${limitOf(d) == null ? "–" : limitOf(d)}</td>
+            <td class="num">${limitOf(d) == null ? "–" : esc(limitOf(d))}</td>
             <td><canvas class="spark" width="160" height="34" data-spark="${esc(d.name)}"></canvas></td>
             <td>${dur(ka.keep_s)}<span class="sub">${esc(ka.reason)}</span></td>
             <td>${last ? `<span class="kind ${esc(last.kind)}">${esc(last.kind)}</span> <span class="muted small">${clock(last.at)}</span><span class="sub mono">${esc(last.reason)}</span>` : "–"}</td>
@@ -190,7 +191,7 @@
           m = document.createElement("div");
           m.className = "marker" + (e.to < e.from ? " down" : "");
           m.dataset.reason = e.reason;
-          m.addEventListener("mousemove", (ev) => showTip(ev, `<b>${clock(e.at)} · ${esc(e.kind)} ${e.from} → ${e.to}</b><br>${esc(e.reason)}`));
+          m.addEventListener("mousemove", (ev) => showTip(ev, `<b>${clock(e.at)} · ${esc(e.kind)} ${esc(e.from)} → ${esc(e.to)}</b><br>${esc(e.reason)}`));
           m.addEventListener("mouseleave", () => { tip.hidden = true; });
           u.over.appendChild(m);
           kept.set(key, m);
@@ -265,8 +266,8 @@
         for (let p = Math.floor(Math.log10(Math.max(lo, 0.01))); 10 ** p <= hi * 1.0001; p++) out.push(10 ** p);
         return out;
       };
-      const axes = [{stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"},
-        values: (u, vs) => vs.map((v) => v == null ? "" : clockShort(v))},
+      const axes = [{stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, space: 80,
+        values: (u, vs, ai, space, incr) => vs.map((v) => v == null ? "" : incr < 60 ? clock(v) : clockShort(v))},
         {stroke: "#6b7280", grid: {stroke: "#eef1f4"}, ticks: {stroke: "#e3e6ea"}, size: c.id === "lat" ? 66 : 52, values: yValues,
          splits: c.id === "lat" ? logSplits : undefined}];
       if (c.series.some((s) => s[4] === "y2")) axes.push({scale: "y2", side: 1, stroke: "#cf222e", grid: {show: false}, size: 44});
@@ -298,7 +299,7 @@
         `<table class="grid events" id="decisions"><thead><tr><th>When</th><th>Kind</th><th class="num">Replicas</th><th>Reason</th></tr></thead><tbody>` +
         newest.slice(0, 200).map((e) => `<tr class="${isDecision(e) ? "scale" : ""}"><td class="when">${clock(e.at)}</td>
           <td><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span></td>
-          <td class="num">${isDecision(e) ? `${e.from} → ${e.to}` : ""}</td><td class="reason">${esc(e.reason)}</td></tr>`).join("") +
+          <td class="num">${isDecision(e) ? `${esc(e.from)} → ${esc(e.to)}` : ""}</td><td class="reason">${esc(e.reason)}</td></tr>`).join("") +
         "</tbody></table>";
     }
 
@@ -330,11 +331,11 @@
     const fact = (v, l, cls) => `<div class="fact ${cls || ""}"><div class="v">${v}</div><div class="l">${l}</div></div>`;
     const lim = limitOf(d);
     document.getElementById("facts").innerHTML =
-      fact(`${r.ready} / ${r.desired}`, "ready / desired") + fact(num(t.rps), "req/s (10 s)") +
+      fact(`${esc(r.ready)} / ${esc(r.desired)}`, "ready / desired") + fact(num(t.rps), "req/s (10 s)") +
       fact(`${ms(t.p50_ms)} <span class="muted small">/ ${ms(t.p99_ms)}</span>`, "p50 / p99") +
-      fact(`${d.queue.depth}`, `queued · oldest ${dur(d.queue.oldest_age_s)}`) +
-      fact(lim == null ? "–" : lim, "learned limit") +
-      fact(`${s.cpu} cpu${s.gpu ? ` · ${s.gpu} gpu` : ""}`, `${bytes(s.memory_bytes)} · ${s.min_replicas}–${s.max_replicas == null ? "∞" : s.max_replicas} replicas`) +
+      fact(`${esc(d.queue.depth)}`, `queued · oldest ${dur(d.queue.oldest_age_s)}`) +
+      fact(lim == null ? "–" : esc(lim), "learned limit") +
+      fact(`${esc(s.cpu)} cpu${s.gpu ? ` · ${esc(s.gpu)} gpu` : ""}`, `${bytes(s.memory_bytes)} · ${esc(s.min_replicas)}–${s.max_replicas == null ? "∞" : esc(s.max_replicas)} replicas`) +
       fact(`keep-alive ${dur(ka.keep_s)}<br><span class="muted">${esc(ka.reason)}</span>`, d.placement ? esc(d.placement) : "", "wide");
     const rows = r.items.map((x) => {
       const st = x.startup || {};
@@ -345,9 +346,9 @@
         <span class="ph-queue" style="width:${w(st.queue_s)}"></span><span class="ph-start" style="width:${w(st.start_s)}"></span>
         <span class="ph-load" style="width:${w(st.load_s)}"></span><span class="ph-first" style="width:${w(st.first_response_s)}"></span></div>
         <span class="sub">queue ${dur(st.queue_s)} · start ${dur(st.start_s)} · load ${dur(st.load_s)}${st.first_response_s != null ? ` · first answer ${dur(st.first_response_s)}` : ""}</span>` : "–";
-      return `<tr><td class="mono">${esc(x.id)}<span class="sub">v${x.version} · ${dur(x.age_s)} old</span></td>
+      return `<tr><td class="mono">${esc(x.id)}<span class="sub">v${esc(x.version)} · ${dur(x.age_s)} old</span></td>
         <td><span class="chip ${esc(x.state)}">${esc(x.state)}</span></td><td class="mono">${esc(x.host)}<span class="sub">${esc(x.address)}</span></td>
-        <td>${phases}</td><td class="num">${x.limit}<span class="sub">${esc(x.limit_reason || "")}</span></td><td class="num">${x.in_flight}</td>
+        <td>${phases}</td><td class="num">${esc(x.limit)}<span class="sub">${esc(x.limit_reason || "")}</span></td><td class="num">${esc(x.in_flight)}</td>
         <td class="num">${x.cpu_cores == null ? "–" : num(x.cpu_cores, 2) + " cores"}</td>
         <td class="num">${x.gpu_utilization_percent == null ? "–" : Math.round(x.gpu_utilization_percent) + " %"}${x.gpu_memory_bytes ? `<span class="sub">${bytes(x.gpu_memory_bytes)}</span>` : ""}</td></tr>`;
     }).join("");
