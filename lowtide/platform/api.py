@@ -235,6 +235,8 @@ class PlatformAPI:
             raise BadRequest(f"state={only!r} must be one of {', '.join(listing.STATES)}")
         names, next_cursor = await listing.page(self.redis, cursor, limit, only)
         items = await listing.summaries(self.redis, names, self.url_of, time.time())
+        for item in items:  # this platform's recent view, from memory (the dashboard's list)
+            item["traffic"] = self.recorder.recent(item["name"])
         return json_response({"deployments": items, "next_cursor": next_cursor,
                               "total": await self.redis.zcard(_keys.DEPLOYMENT_NAMES)})
 

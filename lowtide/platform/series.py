@@ -47,6 +47,9 @@ TIERS = (Tier("10m", 2.0, 300), Tier("1h", 10.0, 360), Tier("24h", 240.0, 360))
 WINDOWS = {t.name: t for t in TIERS}
 RECENT_S = 10.0  # the endpoints list's req/s and p50/p99: over this long
 FORGET_S = 30.0  # an endpoint the scaler has not looked at for this long is forgotten here
+# ... unless it was at zero: the scaler looks at an endpoint at zero only on events (a
+# request, a deploy), so one unseen for UNSEEN_S is recorded as still at zero meanwhile
+UNSEEN_S = 2.5
 
 # how a bucket sums its looks at each gauge
 MEAN, MAX, LAST = "mean", "max", "last"
@@ -71,6 +74,11 @@ def gauges(obs: Observation, decision: Decision) -> dict[str, float | None]:
             "desired": decision.desired, "queued": obs.queued,
             "oldest_wait_s": round(obs.oldest_wait_s, 3), "in_flight": obs.in_flight,
             "cpu": obs.cpu_utilization, "gpu": obs.gpu_utilization, "limit": obs.limit}
+
+
+def at_zero(look: dict[str, float | None]) -> bool:
+    """Nothing desired, running, queued or in flight."""
+    return not any(look.get(k) for k in ("desired", "ready", "queued", "in_flight"))
 
 
 @dataclass
@@ -200,9 +208,16 @@ class SeriesRecorder:
 
     async def step(self, now: float) -> None:
         """Read the latency counts of the endpoints in view, write the closed buckets."""
-        for name in [n for n, ep in self._endpoints.items() if now - ep.seen_at > FORGET_S]:
-            del self._endpoints[name]
-        names = sorted(self._endpoints)
+        names = []
+        for name, ep in list(self._endpoints.items()):
+            if now - ep.seen_at <= UNSEEN_S:
+                names.append(name)
+            elif at_zero(ep.look):  # the scaler looks at it again on its next request
+                still = {**ep.look, "rps": 0.0, "oldest_wait_s": 0.0, "cpu": None, "gpu": None}
+                self._closed.extend((name, tier, p) for tier, p in ep.acc.add(now, still))
+            elif now - ep.seen_at > FORGET_S:
+                del self._endpoints[name]
+        names.sort()
         if names:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:

@@ -131,3 +131,24 @@ async def test_the_recorder_writes_bounded_points_that_a_new_recorder_reads(
         assert not await redis.exists(_keys.series("chart", "10m"))  # deleted stays deleted
     finally:
         await redis.aclose()
+
+
+async def test_an_endpoint_at_zero_stays_charted_while_the_scaler_does_not_look(
+        own_redis_url: str) -> None:
+    redis = async_redis(own_redis_url)
+    try:
+        await redis.hset(_keys.deployment("quiet"), "spec", "{}")
+        rec = SeriesRecorder(redis)
+        t0 = 2_000_000.0
+        zero = Observation(desired=0, ready=0, starting=0, queued=0, oldest_wait_s=0.0,
+                           in_flight=0, last_activity_at=0.0, limit=8)
+        rec.observe("quiet", zero, Decision(0, "steady", ""), t0)
+        rec.observe("busy", obs(2.0), Decision(1, "steady", ""), t0)
+        for s in range(1, 100):  # the scaler looks at neither again
+            await rec.step(t0 + s)
+        assert await redis.llen(_keys.series("quiet", "10m")) == 49
+        assert "busy" not in rec.looks()  # forgotten: it was not at zero
+    finally:
+        await redis.delete(_keys.deployment("quiet"), _keys.series("quiet", "10m"),
+                           _keys.series("quiet", "1h"), _keys.series("quiet", "24h"))
+        await redis.aclose()

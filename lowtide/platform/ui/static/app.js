@@ -78,6 +78,17 @@
 
   const sparks = {};
 
+  function phaseOf(d, full) {
+    // the list's live counts say cold / starting / scaling / warm; the full status (fetched
+    // every few seconds) also knows failing, and why
+    if (full && full.state === "failing") return {phase: "failing", phase_reason: full.state_reason};
+    const r = d.replicas;
+    if (!r.desired && !r.ready && !r.starting) return {phase: "cold", phase_reason: "scaled to zero; the next request wakes it"};
+    if (!r.ready) return {phase: "starting", phase_reason: `${r.starting} replica(s) starting, ${r.desired} desired`};
+    if (r.ready !== r.desired || r.starting) return {phase: "scaling", phase_reason: `${r.ready} ready -> ${r.desired} desired`};
+    return {phase: "warm", phase_reason: `${r.ready} ready`};
+  }
+
   function drawSpark(canvas, spark) {
     // requests/s over the last 10 min, scaling decisions as ticks (up blue, down purple)
     const data = spark && spark.data;
@@ -113,12 +124,20 @@
       runs, what it serves and what the platform learned. A click opens its charts and decisions.</p>
       <div class="facts" id="summary"></div><div id="list"></div>`;
     const list = document.getElementById("list");
+    const details = {};  // name -> {at, d}: the full status, for the first DETAILED rows
+    const DETAILED = 50;
     every(1000, async () => {
-      const {deployments} = await api("/v1/deployments");
-      const count = (st) => deployments.filter((d) => d.state === st).length;
+      const page = await api("/v1/deployments?limit=200");
+      const deployments = page.deployments.map((d) => Object.assign({}, d, phaseOf(d, (details[d.name] || {}).d)));
+      const stale = deployments.slice(0, DETAILED).filter((d) => !details[d.name] || Date.now() - details[d.name].at > 3000);
+      for (const d of stale.slice(0, 10)) {
+        details[d.name] = Object.assign(details[d.name] || {}, {at: Date.now()});
+        api(`/v1/deployments/${encodeURIComponent(d.name)}`).then((full) => { details[d.name] = {at: Date.now(), d: full}; }).catch(() => {});
+      }
+      const count = (st) => deployments.filter((d) => d.phase === st).length;
       const sum = (f) => deployments.reduce((a, d) => a + (f(d) || 0), 0);
       const fact = (v, l) => `<div class="fact"><div class="v">${v}</div><div class="l">${l}</div></div>`;
-      document.getElementById("summary").innerHTML = fact(deployments.length, "endpoints") +
+      document.getElementById("summary").innerHTML = fact(page.total, "endpoints") +
         fact(count("warm") + count("scaling"), "serving") + fact(count("cold"), "scaled to zero") +
         fact(count("starting"), "starting") + fact(count("failing"), "failing") +
         fact(`${sum((d) => d.replicas.ready)} / ${sum((d) => d.replicas.desired)}`, "replicas ready / desired") +
@@ -133,22 +152,24 @@
         <th class="num">Queue</th><th class="num">Req/s</th><th class="num">p50</th><th class="num">p99</th>
         <th class="num">Learned limit</th><th>Req/s, 10 min <span class="muted">· decisions</span></th><th>Keep-alive</th><th>Last decision</th></tr></thead><tbody>` +
         deployments.map((d) => {
-          const r = d.replicas, t = d.traffic || {}, q = d.queue, ka = d.keep_alive || {};
-          const last = d.last_decision;
+          const full = (details[d.name] || {}).d || {};
+          const r = d.replicas, t = d.traffic || {}, q = full.queue || d.queue, ka = full.keep_alive || {};
+          const last = full.last_decision, lim = full.replicas ? limitOf(full) : null;
           return `<tr class="row-link" data-name="${esc(d.name)}">
             <td class="name"><a href="/ui/endpoints/${esc(d.name)}">${esc(d.name)}</a><span class="sub">v${esc(d.version)}</span></td>
-            <td>${badge(d.state, d.state_reason)}<span class="sub">${esc(d.state_reason)}</span></td>
+            <td>${badge(d.phase, d.phase_reason)}<span class="sub">${esc(d.phase_reason)}</span></td>
             <td class="num">${esc(r.ready)} / ${esc(r.desired)}${r.starting ? `<span class="sub">${esc(r.starting)} starting</span>` : ""}</td>
-            <td class="num">${esc(q.depth)}${q.oldest_age_s > 0.05 ? `<span class="sub">oldest ${dur(q.oldest_age_s)}</span>` : ""}</td>
+            <td class="num">${esc(d.queue.depth)}${q.oldest_age_s > 0.05 ? `<span class="sub">oldest ${dur(q.oldest_age_s)}</span>` : ""}</td>
             <td class="num">${num(t.rps)}</td><td class="num">${ms(t.p50_ms)}</td><td class="num">${ms(t.p99_ms)}</td>
-            <td class="num">${limitOf(d) == null ? "–" : esc(limitOf(d))}</td>
+            <td class="num">${lim == null ? "–" : esc(lim)}</td>
             <td><canvas class="spark" width="160" height="34" data-spark="${esc(d.name)}"></canvas></td>
-            <td>${dur(ka.keep_s)}<span class="sub">${esc(ka.reason)}</span></td>
+            <td>${ka.keep_s == null ? "–" : dur(ka.keep_s)}<span class="sub">${esc(ka.reason || "")}</span></td>
             <td>${last ? `<span class="kind ${esc(last.kind)}">${esc(last.kind)}</span> <span class="muted small">${clock(last.at)}</span><span class="sub mono">${esc(last.reason)}</span>` : "–"}</td>
           </tr>`;
-        }).join("") + "</tbody></table>";
+        }).join("") + "</tbody></table>" +
+        (page.total > deployments.length ? `<p class="muted small">The first ${deployments.length} of ${page.total} endpoints, by name; details for the first ${DETAILED}.</p>` : "");
       list.querySelectorAll("canvas.spark").forEach((c) => drawSpark(c, sparks[c.dataset.spark]));
-      for (const d of deployments) {
+      for (const d of deployments.slice(0, DETAILED)) {
         const known = sparks[d.name];
         if (!known || Date.now() - known.at > 5000) {
           sparks[d.name] = Object.assign(known || {}, {at: Date.now()});
