@@ -59,11 +59,16 @@ async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
             what="a decision marker on the replicas chart")
         assert set(reasons) & decided  # (later decisions may be marked too)
         await b.wait_for("document.querySelector('#facts .fact') !== null", what="the facts")
-        await asyncio.sleep(0.5)  # the page has laid out what it fetched
-        assert "marker" in await b.hover("#chart-rep .marker")
-        tip = await b.wait_for("(() => { const t = document.querySelector('.tip'); "
-                               "return t && !t.hidden && t.textContent; })()",
-                               what="the marker's reason on hover")
+        tip = None
+        for _ in range(20):  # the time axis moves every 2 s, the marker with it: aim again
+            if "marker" in await b.hover("#chart-rep .marker"):
+                await asyncio.sleep(0.2)
+                tip = await b.evaluate("(() => { const t = document.querySelector('.tip'); "
+                                       "return t && !t.hidden && t.textContent; })()")
+                if tip:
+                    break
+            await asyncio.sleep(0.3)
+        assert tip, "no tooltip on hovering a decision marker"
         assert any(r in tip for r in reasons)
         listed = await b.evaluate("document.querySelector('#decisions').textContent")
         assert all(r in listed for r in reasons)
