@@ -44,6 +44,12 @@ def artifact(name: str, version: int) -> str:
     return f"{PREFIX}art:{name}:{version}"
 
 
+def versions(name: str) -> str:
+    """Hash version -> JSON record of the last kept versions (spec, manifest, digests, who,
+    when, origin); their artifacts stay while they are kept (`platform.versions`)."""
+    return f"{PREFIX}versions:{name}"
+
+
 def stream(name: str) -> str:
     """The endpoint's request buffer (a Redis stream with consumer group STREAM_GROUP)."""
     return f"{PREFIX}q:{name}"

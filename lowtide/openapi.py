@@ -127,6 +127,21 @@ CONTROL_PATHS: dict[str, Any] = {
         "get": _control("list invoke keys (ids and labels, never the keys)", {
             "200": _ok("keys"), "404": _error("no such deployment")}),
     },
+    "/v1/deployments/{name}/versions": {
+        "parameters": [NAME],
+        "get": _control("kept versions, newest first: digests, spec, who, when, origin", {
+            "200": _ok("versions"), "404": _error("no such deployment")}),
+    },
+    "/v1/deployments/{name}/rollback": {
+        "parameters": [NAME],
+        "post": _control("deploy a kept version again as a new version (no upload)", {
+            "200": _ok("the new version, from and to"), "400": _error("bad body"),
+            "404": _error("no such deployment or version"),
+            "409": _error("that version is the current one")},
+            requestBody={"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"to": {"type": "integer", "minimum": 1}}}}}}),
+    },
     "/v1/secrets": {
         "get": _control("list secrets: names, key names and when set (never values)", {
             "200": _ok("secrets")}),

@@ -46,6 +46,13 @@ def add_parsers(sub: Any, env: Mapping[str, str]) -> None:
     ls.add_argument("--limit", type=int, default=100, help="names per page (1-1000)")
     ls.add_argument("--cursor", help="start after this name (the hint under a page)")
     ls.add_argument("--all", action="store_true", help="every page")
+    ve = sub.add_parser("versions", help="an endpoint's kept versions: digests, who, when")
+    ve.add_argument("name")
+    rb = sub.add_parser("rollback", help="route an endpoint to an earlier version again "
+                        "(no upload; running calls finish)")
+    rb.add_argument("name")
+    rb.add_argument("--to", type=int, default=None, metavar="N",
+                    help="the version (default: the one before the current)")
     dl = sub.add_parser("delete", help="delete an endpoint")
     dl.add_argument("name")
 
@@ -141,4 +148,21 @@ def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-COMMANDS = {"deploy": cmd_deploy, "ls": cmd_ls, "delete": cmd_delete}
+def cmd_versions(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    for v in sdk_client().versions(args.name):
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["deployed_at"]))
+        models = "".join(f" +{m['tag']}" for m in v["digests"]["models"])
+        print(f"{'*' if v['current'] else ' '} v{v['version']:<4} {at}  {v['deployed_by']:<24} "
+              f"{v['digests']['artifact'][:19]}{models}  {v['origin']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    info = sdk_client().rollback(args.name, args.to)
+    print(f"{info['name']}: v{info['version']} serves v{info['to']}'s code and spec "
+          f"(was v{info['from']}); running calls finish on v{info['from']}")
+    return 0
+
+
+COMMANDS = {"deploy": cmd_deploy, "ls": cmd_ls, "delete": cmd_delete,
+            "versions": cmd_versions, "rollback": cmd_rollback}

@@ -37,7 +37,7 @@ from .._spec import (
 )
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
-from . import blobs, listing, secrets, series, shards, state, ui
+from . import blobs, listing, secrets, series, shards, state, ui, versions
 from . import logs as replica_logs
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
@@ -51,6 +51,7 @@ from .ui import sessions
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
 
 
+DEPLOYED_BY = "X-Lowtide-Deployed-By"  # who deploys, as the client says ("alice@laptop")
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/metrics", "/openapi.json"})
 # an artifact sent inside the deploy request instead of as a blob (curl, tests)
 INLINE_ARTIFACT_BYTES = 16 * 2**20
@@ -164,15 +165,21 @@ class PlatformAPI:
         manifest = await self._manifest(upload, spec)
         hosts = await state.live_hosts(self.redis)
         await self._check_python(spec, hosts)
+        body = await self._install(spec, manifest.to_json(), hosts, "deploy",
+                                   versions.clean_who(request.headers.get(DEPLOYED_BY)))
+        return json_response(body, status=200 if body["replaced"] else 201)
+
+    async def _install(self, spec: DeploymentSpec, manifest_json: str, hosts: dict[str, Any],
+                       origin: str, who: str) -> dict[str, Any]:
+        """Make (spec, manifest) the endpoint's new version: kept as a version, routed to at
+        once (replicas of other versions stop taking requests and finish what they run)."""
         name, now = spec.name, time.time()
         version = int(await self.redis.incr(_keys.version_counter(name)))
         previous = await state.load_deployment(self.redis, name)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(_keys.artifact(name, version), manifest.to_json())
-            if previous is not None:
-                pipe.delete(_keys.artifact(name, previous.version))
-            else:  # a fresh endpoint starts without keys (none of a deleted namesake's)
-                pipe.delete(_keys.invoke_keys(name))
+            pipe.set(_keys.artifact(name, version), manifest_json)
+            if previous is None:  # a fresh endpoint starts without keys (none of a deleted
+                pipe.delete(_keys.invoke_keys(name))  # namesake's)
             pipe.hset(_keys.deployment(name), mapping={
                 "spec": json.dumps(spec.to_dict()), "version": version,
                 "created_at": previous.created_at if previous else now, "updated_at": now,
@@ -182,6 +189,8 @@ class PlatformAPI:
             pipe.zadd(_keys.DEPLOYMENT_NAMES, {name: 0})
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             await pipe.execute()
+        await versions.record(self.redis, name, versions.VersionRecord(
+            version, spec.to_dict(), manifest_json, who, now, origin))
         await ensure_group(self.redis, _keys.stream(name))
         if previous is not None:  # out of routing now: new requests go to the new version
             for r in await state.load_replicas(self.redis, name):
@@ -189,16 +198,58 @@ class PlatformAPI:
                     await self.scaler.replicas.stop(name, r, hosts)
         for host in hosts:
             await self.scaler.replicas.enqueue(host, "build", name, version)
+        what = "deployed" if origin == "deploy" else f"deployed: {origin}"
         await state.record_event(self.redis, name, "deploy",
-                                 f"version {version} deployed" + (" (replaces "
-                                 f"v{previous.version})" if previous else ""),
+                                 f"version {version} {what}" + (" (replaces "
+                                 f"v{previous.version})" if previous else "") + f" by {who}",
                                  frm=previous.desired if previous else 0,
                                  to=previous.desired if previous else 0)
         await self.redis.publish(_keys.WAKE_CHANNEL, name)  # to the platform that scales it
         DEPLOYS.inc()
-        body = {"name": name, "url": self.url_of(name), "version": version,
+        return {"name": name, "url": self.url_of(name), "version": version,
                 "replaced": previous is not None}
-        return json_response(body, status=200 if previous else 201)
+
+    async def list_versions(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}")
+        kept = await versions.load_all(self.redis, name)
+        return json_response({"name": name, "current": dep.version, "keep": versions.KEEP_VERSIONS,
+                              "versions": [kept[v].view(dep.version)
+                                           for v in sorted(kept, reverse=True)]})
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        """POST {"to": N} (or {}: the version before the current one): deploy a kept
+        version's spec and artifacts again, as a new version, without an upload."""
+        name = _name(request)
+        body = await _json_object(request)
+        to = body.get("to")
+        if set(body) - {"to"} or not (to is None or (isinstance(to, int)
+                                                     and not isinstance(to, bool))):
+            raise BadRequest('send {"to": VERSION} (a number `lowtide versions NAME` lists), '
+                             "or {} for the version before the current one")
+        dep = await state.load_deployment(self.redis, name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}")
+        kept = await versions.load_all(self.redis, name)
+        try:
+            target = kept[versions.rollback_target(list(kept), dep.version, to)]
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise Conflict(str(exc)) from None
+        spec = DeploymentSpec.from_dict(target.spec)
+        unknown = await secrets.missing(self.redis, spec.secrets)
+        if unknown:
+            raise BadRequest(f"version {target.version} uses secret(s) "
+                             f"{', '.join(map(repr, unknown))}, which no longer exist; "
+                             f"create them with `lowtide secrets set NAME KEY=VALUE`")
+        hosts = await state.live_hosts(self.redis)
+        result = await self._install(spec, target.manifest, hosts,
+                                     f"rollback to v{target.version}",
+                                     versions.clean_who(request.headers.get(DEPLOYED_BY)))
+        return json_response({**result, "from": dep.version, "to": target.version})
 
     async def _manifest(self, upload: _Upload, spec: DeploymentSpec) -> Manifest:
         """The version's blobs, each already in the blob store (an inline artifact is put
@@ -307,6 +358,7 @@ class PlatformAPI:
         dep = await state.load_deployment(self.redis, name)
         if dep is None:
             raise NotFound(f"no deployment named {name!r}")
+        await versions.forget(self.redis, name)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(_keys.DEPLOYMENTS, name)
             pipe.zrem(_keys.DEPLOYMENT_NAMES, name)
@@ -551,6 +603,8 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     app.router.add_delete("/v1/deployments/{name}/keys/{key_id}", api.revoke_key)
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
+    app.router.add_get("/v1/deployments/{name}/versions", api.list_versions)
+    app.router.add_post("/v1/deployments/{name}/rollback", api.rollback)
     app.router.add_get("/v1/hosts", api.hosts)
     secrets.add_secret_routes(app)
     add_observe_routes(app, redis, recorder, scaler.settings.policy())

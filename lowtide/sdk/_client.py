@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import getpass
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
@@ -65,6 +67,14 @@ def _bad_input(detail: str) -> BadInput:
     return BadInput(400, "bad input", detail, {"error": "bad input", "detail": detail})
 
 
+def _who() -> str:
+    """Who deploys, for the versions list: user@host of this process."""
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # no user name (a container without passwd entry)
+        return socket.gethostname()
+
+
 def _key_header(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -106,7 +116,8 @@ class Client:
         if not self.config.token:
             raise ConfigError("no API token: run `lowtide up`, or set LOWTIDE_TOKEN and "
                               "LOWTIDE_PLATFORM_URL")
-        headers = {"Authorization": f"Bearer {self.config.token}"}
+        headers = {"Authorization": f"Bearer {self.config.token}",
+                   "X-Lowtide-Deployed-By": _who()}
         url = f"{self.config.platform_url}{path}"
         try:
             response = self._http.request(method, url, headers=headers, **kw)
@@ -191,6 +202,17 @@ class Client:
 
     def revoke_key(self, name: str, key_id: str) -> dict[str, Any]:
         return dict(self._api("DELETE", f"/v1/deployments/{name}/keys/{key_id}"))
+
+    def versions(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The kept versions of `name`, newest first: version, current, digests, spec,
+        deployed_by, deployed_at and origin ("deploy" or "rollback to vN")."""
+        return builtins.list(self._api("GET", f"/v1/deployments/{name}/versions")["versions"])
+
+    def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
+        """Route `name` to version `to` again (default: the version before the current one),
+        as a new version, without an upload; running calls finish on the old one."""
+        body = {} if to is None else {"to": to}
+        return dict(self._api("POST", f"/v1/deployments/{name}/rollback", json=body))
 
     def set_secret(self, name: str, values: dict[str, str]) -> dict[str, Any]:
         """Create or replace the secret `name`: KEY -> value, given to the replicas of every
@@ -366,6 +388,14 @@ class Endpoint:
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.client.events(self.name, limit)
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self.client.versions(self.name)
+
+    def rollback(self, to: int | None = None) -> dict[str, Any]:
+        info = self.client.rollback(self.name, to)
+        self.version = int(info["version"])
+        return info
 
     def delete(self) -> None:
         self.client.delete(self.name)
