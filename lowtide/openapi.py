@@ -224,7 +224,8 @@ UI_PATHS: dict[str, Any] = {
         "tags": ["dashboard"], "security": [],
         "parameters": [{"name": "code", "in": "query", "required": True,
                         "schema": {"type": "string"}}],
-        "responses": {"303": {"description": "signed in (Set-Cookie), to /ui/"},
+        "responses": {"200": {"description": "signed in (Set-Cookie); the page goes on to /ui/",
+                              **_HTML},
                       "401": {"description": "used or expired link: the sign-in page",
                               **_HTML}}}},
     "/ui/logout": {"post": {

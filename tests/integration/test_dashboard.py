@@ -45,7 +45,7 @@ async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
     base = cluster.config.platform_url
     async with Browser.start() as b:
         await b.goto(client.dashboard_link())
-        assert await b.evaluate("location.pathname") == "/ui/"  # the code left the URL
+        await b.wait_for("location.pathname === '/ui/'", what="the dashboard after sign-in")
         await b.wait_for(f"[...document.querySelectorAll('#endpoints td.name a')]"
                          f".some(a => a.textContent === {json.dumps(unique_name)})",
                          what="the endpoint in the endpoints list")

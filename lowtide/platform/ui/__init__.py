@@ -63,6 +63,12 @@ On another machine, <code>lowtide dashboard --url</code> prints the link instead
 """
 
 
+SIGNED_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="0; url=/ui/"><title>lowtide: signed in</title></head>
+<body><p>Signed in. <a href="/ui/">Open the dashboard</a>.</p></body></html>
+"""
+
+
 def sign_in_page(why: str, status: int = 401) -> web.Response:
     body = SIGN_IN.format(title="lowtide: sign in", why=html.escape(why),
                           ttl=sessions.LOGIN_TTL_S)
@@ -90,15 +96,16 @@ class Pages:
         return web.Response(text=body, content_type="text/html", headers=HEADERS)
 
     async def login(self, request: web.Request) -> web.Response:
-        """GET /ui/login?code=...: redeem a one-time link, set the session cookie and go to
+        """GET /ui/login?code=...: redeem a one-time link, set the session cookie and go on to
         the dashboard (so the code does not stay in the address bar)."""
         session = await sessions.redeem(self.redis, request.query.get("code", ""))
         if session is None:
             return sign_in_page("This sign-in link was already used or has expired: links "
                                 f"work once, for {sessions.LOGIN_TTL_S} s.")
-        return web.Response(status=303, headers={
-            **HEADERS, "Location": "/ui/",
-            "Set-Cookie": sessions.cookie_header(session, secure=request.secure)})
+        # a page that moves on by itself, not a 303: a SameSite=Strict cookie is not sent
+        # along a redirect chain that began on another site (a link clicked in a web chat)
+        return web.Response(text=SIGNED_IN, content_type="text/html", headers={
+            **HEADERS, "Set-Cookie": sessions.cookie_header(session, secure=request.secure)})
 
     async def logout(self, request: web.Request) -> web.Response:
         """POST /ui/logout (with the page's CSRF token): end the session."""
