@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ._jsonable import jsonable
 from ._protocol import OCTETS
 
 NDJSON = "application/x-ndjson"
@@ -56,7 +57,7 @@ class Chunk:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return cls(BYTES_KIND, bytes(value))
         try:
-            return cls(JSON_KIND, json.dumps(value, allow_nan=False).encode())
+            return cls(JSON_KIND, json.dumps(value, allow_nan=False, default=jsonable).encode())
         except (TypeError, ValueError) as exc:
             return error_chunk("value not JSON serializable",
                                f"the generator yielded a {type(value).__name__}: {exc}; "
