@@ -25,6 +25,7 @@ from . import state
 from .hostwatch import ALIVE_GRACE_S, HostWatcher
 from .placement import Need, host_view, place
 from .settings import ScalerSettings
+from .startmetrics import StartMetrics
 from .state import Deployment, ReplicaRecord
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ReplicaSupervisor:
         self._failures: dict[str, int] = {}
         self._said: dict[str, str] = {}
         self._silent_since: dict[str, float] = {}  # replica id -> first seen without heartbeat
+        self.metrics = StartMetrics()
 
     def unplaced(self, name: str) -> str | None:
         """Why the endpoint's missing replicas cannot be placed now (None: nothing pending)."""
@@ -58,6 +60,7 @@ class ReplicaSupervisor:
 
     def forget(self, name: str) -> None:
         self._said.pop(name, None)
+        self.metrics.forget(name)
 
     def backoff_until(self, name: str) -> float:
         """No replica of the endpoint starts before this (after failed starts)."""
@@ -76,6 +79,7 @@ class ReplicaSupervisor:
             if r.version != dep.version and r.state != "stopping":
                 await self.stop(dep.spec.name, r, hosts)
             kept.append(r)
+        self.metrics.observe(dep.spec.name, dep.desired, kept)
         return kept
 
     async def problem(self, r: ReplicaRecord, hosts: dict[str, Any], now: float) -> str | None:
@@ -153,6 +157,7 @@ class ReplicaSupervisor:
         if " lost" in why and r.host:  # the host may be found lost next: say so then
             self.hosts.note_loss(r.host, name, now)
         if "failed" in why:
+            self.metrics.failed(name)
             n = self._failures[name] = self._failures.get(name, 0) + 1
             backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
             self._backoff_until[name] = now + backoff_s

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 
 from lowtide import Client
@@ -64,5 +65,8 @@ def test_rollback_under_load(client: Client, unique_name: str) -> None:
     assert kept[1]["digests"]["artifact"] != kept[2]["digests"]["artifact"]
     assert "@" in kept[0]["deployed_by"]
     assert any("rollback to v1" in e["reason"] for e in client.events(unique_name))
+    metrics = httpx.get(f"{client.config.platform_url}/metrics").text  # the cold starts seen
+    assert f'lowtide_platform_cold_starts_total{{endpoint="{unique_name}"' in metrics
+    assert f'lowtide_platform_cold_start_seconds_bucket{{endpoint="{unique_name}"' in metrics
     assert client.rollback(unique_name, to=2)["version"] == 4  # --to, and back again
     wait_for(lambda: ep(5) == ["two", 5], 60, "v4 (v2's code) to serve")
