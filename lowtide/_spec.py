@@ -31,6 +31,7 @@ RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONUN
 MAX_ENV_VARS = 200
 MAX_ENV_BYTES = 64 * 1024  # names and values of one deployment's env, or one secret
 MAX_SECRETS = 50
+MAX_PACKAGES = 32
 PUBLIC, KEY = "public", "key"  # invoke access of an endpoint (lowtide._auth checks it)
 ACCESS_MODES = (PUBLIC, KEY)
 
@@ -144,6 +145,9 @@ class DeploymentSpec:
     models: list[str] = field(default_factory=list)  # BentoML model tags, 'name:version'
     env: dict[str, str] = field(default_factory=dict)  # environment variables of replicas
     secrets: list[str] = field(default_factory=list)  # names of secrets (values stay apart)
+    # installed top-level packages the code references (recorded by the SDK): the agents'
+    # prewarmed workers import them ahead of a cold start
+    packages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +239,11 @@ class DeploymentSpec:
             raise SpecError("params must be a list of parameter names")
         check_env(self.env)
         check_secret_names(self.secrets)
+        if not isinstance(self.packages, list) or len(self.packages) > MAX_PACKAGES or not all(
+            isinstance(p, str) and p.isidentifier() for p in self.packages
+        ):
+            raise SpecError(f"packages must be a list of at most {MAX_PACKAGES} top-level "
+                            "package names, e.g. ['torch', 'sklearn']")
         if self.access not in ACCESS_MODES:
             raise SpecError(f"access={self.access!r} must be one of {', '.join(ACCESS_MODES)} "
                             "(public: anyone with the URL; key: an invoke key of the endpoint)")

@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from ._errors import (
     LowtideError,
     error_from_response,
 )
+from ._packages import referenced_packages
 from ._pickling import parameter_names, pickle_function
 
 _JSON = "application/json"
@@ -174,6 +176,7 @@ class Client:
             spec.check_new()
         except SpecError as exc:
             raise DeployError(str(exc)) from None
+        spec = replace(spec, packages=referenced_packages(fn, artifact))
         _blobs.upload(self, blobs)
         files = {"spec": (None, json.dumps(spec.to_dict()), _JSON),
                  "manifest": (None, manifest.to_json(), _JSON)}

@@ -334,6 +334,7 @@ class Replica:
             "start_s": round(max(0.0, now - spawned - self.phases["load_s"]), 4),
             "load_s": round(self.phases["load_s"], 4),
             "total_s": round(max(0.0, now - created), 4),
+            **({"preloaded": sorted(_preloaded)} if s.start_path == "pool" else {}),
         }
 
     async def _note_first_response(self) -> None:
@@ -427,8 +428,10 @@ def startup_reason(replica_id: str, startup: dict[str, Any]) -> str:
 
 _current: Replica | None = None
 _pool_mode = False
+_preloaded: list[str] = []  # the packages this pool worker imported before its function
 # common imports a prewarmed worker loads before it has a function (LOWTIDE_POOL_PRELOAD,
-# comma separated, replaces the list; missing modules are skipped)
+# comma separated, replaces the list; missing modules are skipped), and the packages the
+# agent learned its host's cold starts need (LOWTIDE_POOL_PACKAGES)
 PRELOAD = ("numpy", "sklearn.ensemble", "sklearn.linear_model")
 
 
@@ -437,11 +440,18 @@ def enter_pool() -> None:
     global _pool_mode
     _pool_mode = True
     names = os.environ.get("LOWTIDE_POOL_PRELOAD")
-    for name in names.split(",") if names else PRELOAD:
+    base = names.split(",") if names else list(PRELOAD)
+    learned = [n for n in os.environ.get("LOWTIDE_POOL_PACKAGES", "").split(",") if n]
+    for name in [*base, *learned]:
         try:
             importlib.import_module(name)
-        except ImportError:
+        except Exception as exc:  # a package broken on import must not break the pool
+            if name in learned:
+                log.warning("pool worker: cannot preload %s: %s: %s", name,
+                            type(exc).__name__, exc)
             continue
+        if name in learned:
+            _preloaded.append(name)
     gc.freeze()
 
 

@@ -8,6 +8,7 @@ loop (reap, orphans, pool upkeep); each replica has one log-pump thread.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ class ReplicaSupervisor:
         self._lock = threading.Lock()
         self._build_locks: dict[tuple[str, int], threading.Lock] = {}
         self._stopping = False
+        self._found: dict[str, bool] = {}  # package -> importable here
         self.pool = (WarmPool(self._spawn_pool_worker, PoolPolicy()) if settings.pool
                      else None)
         self.blobs = DeploymentBlobs(redis, settings.home, settings.blob_cache_bytes,
@@ -89,12 +91,14 @@ class ReplicaSupervisor:
         with self._lock:
             return {r.replica_id: r.proc.pid for r in self.replicas.values() if r.endpoint}
 
-    def pool_status(self) -> dict[str, int]:
+    def pool_status(self) -> dict[str, object]:
         if self.pool is None:
             return {"ready": 0, "starting": 0, "idle_memory_bytes": 0}
         ready, starting = self.pool.size()
         return {"ready": ready, "starting": starting,
-                "idle_memory_bytes": self.pool.idle_memory_bytes()}
+                "idle_memory_bytes": self.pool.idle_memory_bytes(),
+                "packages": sorted(self.pool.wanted()),
+                "ready_packages": self.pool.ready_packages()}
 
     def maintain_pool(self) -> None:
         if self.pool is not None and not self._stopping:
@@ -168,9 +172,10 @@ class ReplicaSupervisor:
             return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
                                     prepared, user, tuple(gpus))
         if self.pool is not None:
-            self.pool.note_cold_start()
+            packages = self._importable(spec.get("packages") or [])
+            self.pool.note_cold_start(packages)
             if not bento.unsatisfied(requirements):
-                worker = self.pool.take()
+                worker = self.pool.take(packages)
                 if worker is not None:
                     return self._specialize(worker, endpoint, version, replica_id, spawned_at,
                                             prepared, user)
@@ -224,10 +229,24 @@ class ReplicaSupervisor:
                  (time.time() - spawned_at) * 1000)
         return worker.address
 
-    def _spawn_pool_worker(self) -> PoolWorker:
+    def _importable(self, packages: list[str]) -> frozenset[str]:
+        """The endpoint's packages a pool worker (this interpreter) can import."""
+        found = set()
+        for name in packages:
+            if name not in self._found:
+                try:
+                    self._found[name] = importlib.util.find_spec(name) is not None
+                except (ImportError, ValueError):
+                    self._found[name] = False
+            if self._found[name]:
+                found.add(name)
+        return frozenset(found)
+
+    def _spawn_pool_worker(self, packages: frozenset[str]) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
         env = {**WORKER_ENV_DEFAULTS, **os.environ, "LOWTIDE_POOL": "1",
+               "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
                "LOWTIDE_REDIS_URL": s.redis_url,
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
                **self.gpu_env(())}
@@ -243,7 +262,7 @@ class ReplicaSupervisor:
         rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
                                    name=f"logs-pool-{port}")
         rp.pump.start()
-        return PoolWorker(proc, address, time.time(), extra={"rp": rp})
+        return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
 
     def gpu_env(self, gpus: tuple[int, ...]) -> dict[str, str]:
         """Pin a replica to its GPUs (NVML's PCI order, which CUDA then follows); a replica

@@ -42,6 +42,25 @@ def test_cold_endpoint_is_served_by_a_specialized_pool_worker(cluster, client: C
     assert any("via a prewarmed worker" in r for r in reasons), reasons
 
 
+def test_a_cold_start_gets_a_worker_with_its_packages_already_imported(
+        cluster, client: Client, unique_name: str) -> None:
+    def sorts(x):
+        import sortedcontainers  # installed on the workers, imported by no pool worker yet
+
+        return list(sortedcontainers.SortedList(x))
+
+    first = client.deploy(sorts, name=unique_name)
+    assert client.status(unique_name)["spec"]["packages"] == ["sortedcontainers"]
+    assert first([3, 1, 2]) == [1, 2, 3]  # this cold start teaches the host's pool
+    wait_for(lambda: "sortedcontainers" in _pool(cluster)["ready_packages"], 90,
+             "an idle pool worker with sortedcontainers imported")
+    second = client.deploy(sorts, name=f"{unique_name}-b")
+    assert second([2, 1]) == [1, 2]
+    startup = _startup(client, f"{unique_name}-b")
+    assert startup["path"] == "pool"
+    assert startup["preloaded"] == ["sortedcontainers"]
+
+
 def _wheel(tmp_path: Path) -> Path:
     """A tiny pure-Python wheel (not on any index: the cluster finds it in its wheelhouse)."""
     path = tmp_path / "ltprobe-0.1-py3-none-any.whl"

@@ -32,8 +32,9 @@ class Proc:
 def make_pool(clock: Clock) -> tuple[WarmPool, list[PoolWorker]]:
     spawned: list[PoolWorker] = []
 
-    def spawn() -> PoolWorker:
-        w = PoolWorker(Proc(), f"127.0.0.1:{len(spawned)}", clock())  # type: ignore[arg-type]
+    def spawn(packages: frozenset[str]) -> PoolWorker:
+        w = PoolWorker(Proc(), f"127.0.0.1:{len(spawned)}", clock(),  # type: ignore[arg-type]
+                       preload=packages)
         spawned.append(w)
         return w
 

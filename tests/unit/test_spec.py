@@ -100,7 +100,7 @@ def test_from_dict_full_round_trip() -> None:
             "min_replicas": 1, "max_replicas": 4,
             "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
             "access": "key", "models": ["resnet:v2"], "env": {"MODEL": "resnet"},
-            "secrets": ["hf-token"]}
+            "secrets": ["hf-token"], "packages": ["torch", "PIL"]}
     spec = DeploymentSpec.from_dict(data)
     assert spec.to_dict() == data
 
@@ -123,6 +123,12 @@ def test_env_is_checked_without_echoing_values(env: object, says: str) -> None:
 def test_secret_names_are_checked(secrets: object) -> None:
     with pytest.raises(SpecError, match="secret"):
         DeploymentSpec.from_dict({"name": "double", "secrets": secrets})
+
+
+@pytest.mark.parametrize("packages", ["torch", ["torch>=2"], ["a"] * 33, [3]])
+def test_packages_are_a_short_list_of_top_level_names(packages: object) -> None:
+    with pytest.raises(SpecError, match="packages must be a list"):
+        DeploymentSpec.from_dict({"name": "m", "packages": packages})
 
 
 def test_from_dict_names_every_unknown_field_and_the_allowed_ones() -> None:
