@@ -17,6 +17,7 @@ from ._manifest import MAX_MODELS
 from ._protocol import MAX_JSON_DEPTH, TIMEOUT_HEADER
 from ._spec import (
     ACCESS_MODES,
+    MAX_PACKAGES,
     MAX_REQUIREMENT_CHARS,
     MAX_REQUIREMENTS,
     MAX_TIMEOUT_S,
@@ -335,7 +336,12 @@ COMPONENTS = {
                      "env": {"type": "object", "additionalProperties": {"type": "string"},
                              "description": "environment variables of the replicas"},
                      "secrets": {"type": "array", "items": {"type": "string"},
-                                 "description": "names of secrets (PUT /v1/secrets/{name})"}}},
+                                 "description": "names of secrets (PUT /v1/secrets/{name})"},
+                     "packages": {
+                         "type": "array", "maxItems": MAX_PACKAGES,
+                         "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                         "description": "installed top-level packages the code references "
+                         "(the SDK fills it in): prewarmed workers import them ahead"}}},
         "BlobRef": {"type": "object", "required": ["sha256", "size"], "properties": {
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "size": {"type": "integer", "minimum": 0}}},
