@@ -15,10 +15,13 @@ user's modules, not lowtide itself).
 from __future__ import annotations
 
 import dis
+import functools
 import importlib.metadata
+import importlib.util
 import pickletools
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +42,7 @@ def referenced_packages(obj: Any, artifact: bytes) -> list[str]:
                   and t not in sys.stdlib_module_names)[:MAX_PACKAGES]
 
 
+@functools.lru_cache(maxsize=1)
 def _installed_top_levels() -> frozenset[str]:
     return frozenset(importlib.metadata.packages_distributions())
 
@@ -123,6 +127,7 @@ def _function_refs(fn: types.FunctionType, found: set[str]) -> list[Any]:
             if ins.opname == "IMPORT_NAME":
                 found.add(str(ins.argval))
     refs.extend(fn.__globals__[n] for n in names if n in fn.__globals__)
+    found.update(_framework_submodules(fn, names))
     for cell in fn.__closure__ or ():
         try:
             refs.append(cell.cell_contents)
@@ -131,6 +136,35 @@ def _function_refs(fn: types.FunctionType, found: set[str]) -> list[Any]:
     refs.extend(fn.__defaults__ or ())
     refs.extend((fn.__kwdefaults__ or {}).values())
     return refs
+
+
+def _framework_submodules(fn: types.FunctionType, names: set[str]) -> set[str]:
+    """`bentoml.sklearn.load_model(...)` imports sklearn: an attribute of a module global
+    that is a submodule named like an installed package counts as that package."""
+    values = [fn.__globals__.get(n) for n in names]
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    modules = [v for v in values if isinstance(v, types.ModuleType)]
+    if not modules:
+        return set()
+    installed = _installed_top_levels()
+    found = set()
+    for name in names & installed:
+        for module in modules:
+            if name == module.__name__.split(".")[0]:
+                continue
+            sub = f"{module.__name__}.{name}"
+            try:
+                with warnings.catch_warnings():  # a framework's deprecated shims warn
+                    warnings.simplefilter("ignore")
+                    if sub in sys.modules or importlib.util.find_spec(sub) is not None:
+                        found.add(name)
+            except (ImportError, ValueError):
+                continue
+    return found
 
 
 def _codes(code: types.CodeType) -> Iterator[types.CodeType]:

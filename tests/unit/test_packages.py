@@ -72,3 +72,18 @@ def test_the_standard_library_and_lowtide_do_not_count() -> None:
         return os.path.join(x, json.dumps(lowtide.__name__))
 
     assert packages(plain) == []
+
+
+def test_a_framework_loader_counts_its_framework() -> None:
+    import bentoml
+
+    def load() -> object:
+        return bentoml.sklearn.load_model("iris_clf:latest")
+
+    assert "sklearn" in packages(load) or not _installed("sklearn")
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
