@@ -73,6 +73,9 @@ async def test_dashboard_in_a_browser(cluster: RunningCluster, client: Client,
         listed = await b.evaluate("document.querySelector('#decisions').textContent")
         assert all(r in listed for r in reasons)
 
+        await b.wait_for("(document.querySelector('#version-table') || {}).textContent"
+                         "?.includes('current')", what="the versions table")
+
         outside = [u for u in b.requests if not u.startswith(base) and u != "about:blank"]
         assert outside == [], outside
 

@@ -254,6 +254,7 @@
       <div class="charts" id="charts"></div>
       <h2>Decisions in this window</h2><div id="events"></div>
       <h2>Replicas</h2><div id="replicas"></div>
+      <h2>Versions</h2><div id="versions"></div>
       <h2>Log tail</h2><pre class="logs" id="logs"></pre>`;
     const chartsEl = document.getElementById("charts");
     for (const c of CHARTS) {
@@ -343,6 +344,28 @@
       renderStatus(d);
     });
     tailLogs();
+    every(10000, refreshVersions);
+  }
+
+  async function refreshVersions() {
+    const box = document.getElementById("versions");
+    const got = await api(`/v1/deployments/${encodeURIComponent(NAME)}/versions`);
+    box.innerHTML = `<table class="grid" id="version-table"><thead><tr><th>Version</th><th>Deployed</th><th>By</th>
+      <th>Origin</th><th>Artifact</th><th></th></tr></thead><tbody>` + got.versions.map((v) => `<tr>
+      <td>v${esc(v.version)} ${v.current ? '<span class="badge warm">current</span>' : ""}</td>
+      <td>${new Date(v.deployed_at * 1000).toLocaleString([], {hour12: false})}</td><td>${esc(v.deployed_by || "–")}</td>
+      <td>${esc(v.origin)}</td><td class="mono">${esc(String((v.digests || {}).artifact || "").slice(0, 19))}</td>
+      <td>${v.current ? "" : `<button class="rollback" data-to="${esc(v.version)}">Roll back to v${esc(v.version)}</button>`}</td></tr>`).join("") +
+      `</tbody></table><p class="muted small">The last ${esc(got.keep)} versions are kept; a rollback deploys one again as a new version.</p>`;
+    box.querySelectorAll("button.rollback").forEach((b) => b.addEventListener("click", async () => {
+      if (!confirm(`Deploy v${b.dataset.to} of ${NAME} again, as a new version?`)) return;
+      b.disabled = true;
+      try {
+        await api(`/v1/deployments/${encodeURIComponent(NAME)}/rollback`, {method: "POST",
+          headers: {"Content-Type": "application/json", "X-Lowtide-CSRF": CSRF}, body: JSON.stringify({to: +b.dataset.to})});
+      } catch (e) { alert("Rollback refused: " + e.message); }
+      refreshVersions();
+    }));
   }
 
   function renderStatus(d) {
