@@ -10,6 +10,7 @@ holds now, so every replica of the deployment serves that version.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -37,7 +38,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_BYTES = 1 << 20
-_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256
+DIGESTS_FILE = "file-digests.json"  # in LOWTIDE_HOME
+
+
+class DigestCache:
+    """Digests of model files remembered across deploys, for files whose path, inode, size,
+    mtime and ctime are unchanged (ctime cannot be set back by hand, so an edited file is
+    hashed again): a redeploy of a large model does not read it again."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, str] = {}
+        self._dirty = False
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_text())
+                self._entries = {k: v for k, v in loaded.items()
+                                 if isinstance(k, str) and isinstance(v, str)}
+            except (OSError, ValueError, AttributeError):
+                self._entries = {}
+
+    @staticmethod
+    def key(path: Path, st: os.stat_result) -> str:
+        return f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+    def get(self, key: str) -> str | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, digest: str) -> None:
+        self._entries[key] = digest
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty or self.path is None:
+            return
+        keep = dict(list(self._entries.items())[-self.MAX_ENTRIES:])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(keep))
+            tmp.replace(self.path)
+            self._dirty = False
+        except OSError as exc:  # only a cache: the next deploy hashes again
+            log.debug("cannot save file digests to %s: %s", self.path, exc)
+
+
+_process_cache = DigestCache(None)  # without a home: remembered for this process
 
 
 @dataclass(frozen=True)
@@ -68,19 +116,20 @@ def artifact_blob(data: bytes) -> LocalBlob:
                      data=data)
 
 
-def file_blob(path: Path, label: str) -> LocalBlob:
-    """A file's blob; its digest is remembered for this process while the file is unchanged."""
+def file_blob(path: Path, label: str, cache: DigestCache = _process_cache) -> LocalBlob:
+    """A file's blob; its digest is remembered while the file is unchanged."""
     st = path.stat()
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    digest = _hashes.get(key)
+    key = DigestCache.key(path, st)
+    digest = cache.get(key)
     if digest is None:
         with open(path, "rb") as f:
             digest, _ = sha256_of(f)
-        _hashes[key] = digest
+        cache.put(key, digest)
     return LocalBlob(BlobRef(digest, st.st_size), label, path=path)
 
 
-def export_model(tag: str) -> tuple[ModelRef, list[LocalBlob]]:
+def export_model(tag: str, cache: DigestCache = _process_cache
+                 ) -> tuple[ModelRef, list[LocalBlob]]:
     """A model of the local BentoML store (tag resolved) and the blobs of its files."""
     try:
         import bentoml
@@ -99,18 +148,24 @@ def export_model(tag: str) -> tuple[ModelRef, list[LocalBlob]]:
         for name in sorted(filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            blob = file_blob(path, f"{model.tag}/{rel}")
+            blob = file_blob(path, f"{model.tag}/{rel}", cache)
             files.append(ModelFile(rel, blob.ref))
             blobs.append(blob)
     return ModelRef(str(model.tag), tuple(files)), blobs
 
 
-def prepare(artifact: bytes, models: Iterable[str]) -> tuple[Manifest, list[LocalBlob]]:
+def prepare(artifact: bytes, models: Iterable[str], digests_file: Path | None = None
+            ) -> tuple[Manifest, list[LocalBlob]]:
+    """The manifest and blobs of a deployment; model file digests are remembered in
+    `digests_file` (the SDK passes LOWTIDE_HOME's) between deploys."""
     refs, blobs = [], [artifact_blob(artifact)]
+    models = list(models)
+    cache = DigestCache(digests_file) if models and digests_file else _process_cache
     for tag in models:
-        ref, files = export_model(tag)
+        ref, files = export_model(tag, cache)
         refs.append(ref)
         blobs.extend(files)
+    cache.save()
     return Manifest(blobs[0].ref, tuple(refs)), blobs
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .._home import ClusterConfig, resolve
+from .._home import ClusterConfig, home_dir, resolve
 from .._jsonable import jsonable
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
 from . import _blobs, _stream
@@ -161,7 +161,7 @@ class Client:
         if isinstance(models, str):
             models = [models]
         artifact = pickle_function(fn)
-        manifest, blobs = _blobs.prepare(artifact, models)
+        manifest, blobs = _blobs.prepare(artifact, models, home_dir() / _blobs.DIGESTS_FILE)
         try:
             spec = DeploymentSpec(
                 name=name, cpu=cpu, memory_bytes=parse_memory(memory), gpu=gpu,

@@ -147,9 +147,11 @@ def read_model() -> dict[str, str]:
 
 
 def test_a_large_model_reaches_both_hosts_once_and_redeploys_upload_nothing(
-        blob_cluster: BlobCluster, big_model: tuple[str, str]) -> None:
+        blob_cluster: BlobCluster, big_model: tuple[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     tag, digest = big_model
     bc = blob_cluster
+    monkeypatch.setenv("LOWTIDE_HOME", str(bc.root / "client"))  # the SDK's file digests
     with bc.client() as client:
         ep = client.deploy(read_model, name="big-model", models=["big_blob:latest"],
                            min_replicas=2, memory="256Mi")

@@ -144,3 +144,26 @@ def test_an_exported_model_is_found_by_bentoml_in_the_laid_out_store(
     assert Path(found.path_of("weights.bin")).read_bytes() == b"\x01" * 1000
     assert Path(found.path_of("sub/vocab.txt")).read_text() == "a b c"
     assert [str(m.tag) for m in bentoml.models.list()] == [str(model.tag)]
+
+
+def test_model_file_digests_are_remembered_across_deploys_until_the_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowtide.sdk import _blobs
+
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\x02" * 5000)
+    digests = tmp_path / "home" / _blobs.DIGESTS_FILE
+    first = _blobs.DigestCache(digests)
+    blob = _blobs.file_blob(weights, "w", first)
+    first.save()
+    assert blob.ref.sha256 == hashlib.sha256(b"\x02" * 5000).hexdigest()
+
+    def no_hashing(f: BinaryIO) -> tuple[str, int]:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(_blobs, "sha256_of", no_hashing)
+    assert _blobs.file_blob(weights, "w", _blobs.DigestCache(digests)).ref == blob.ref
+    monkeypatch.undo()
+    weights.write_bytes(b"\x03" * 5000)  # same size, new contents
+    assert _blobs.file_blob(weights, "w", _blobs.DigestCache(digests)).ref.sha256 == (
+        hashlib.sha256(b"\x03" * 5000).hexdigest())
