@@ -265,12 +265,16 @@ class Prepared:
 
 class DeploymentBlobs:
     """The agent's one entry point: a version's blobs on this host, held by an owner (a
-    replica id, a build) until `release`."""
+    replica id, a build) until `release`; a version's model store (links only) is removed
+    when its last owner releases it, and laid out again by the next start."""
 
     def __init__(self, redis: Redis, home: Path, budget_bytes: int, fetch: Fetch) -> None:
         self.redis = redis
         self.stores = home / "modelstores"
         self.cache = BlobCache(home / "blobs", budget_bytes, fetch)
+        self._layouts: dict[str, Path] = {}  # owner -> the model store it uses
+        self._layout_lock = threading.Lock()
+        shutil.rmtree(self.stores, ignore_errors=True)  # a previous agent's: no owner now
 
     def manifest(self, endpoint: str, version: int) -> Manifest:
         raw = self.redis.get(_keys.artifact(endpoint, version))
@@ -287,15 +291,21 @@ class DeploymentBlobs:
                 self.cache.get(digest, size)
             store = None
             if manifest.models:
-                store = lay_out_models(self.stores / f"{endpoint}-v{version}", manifest.models,
-                                       self.cache)
+                with self._layout_lock:
+                    store = lay_out_models(self.stores / f"{endpoint}-v{version}",
+                                           manifest.models, self.cache)
+                    self._layouts[owner] = store
         except BaseException:
-            self.cache.release(owner)
+            self.release(owner)
             raise
         return Prepared(self.cache.path(manifest.artifact.sha256), store)
 
     def release(self, owner: str) -> None:
         self.cache.release(owner)
+        with self._layout_lock:
+            store = self._layouts.pop(owner, None)
+            if store is not None and store not in self._layouts.values():
+                shutil.rmtree(store, ignore_errors=True)
 
     @contextmanager
     def holding(self, endpoint: str, version: int, owner: str) -> Iterator[Prepared]:

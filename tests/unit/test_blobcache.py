@@ -167,3 +167,38 @@ def test_model_file_digests_are_remembered_across_deploys_until_the_file_changes
     weights.write_bytes(b"\x03" * 5000)  # same size, new contents
     assert _blobs.file_blob(weights, "w", _blobs.DigestCache(digests)).ref.sha256 == (
         hashlib.sha256(b"\x03" * 5000).hexdigest())
+
+
+def test_a_versions_model_store_lives_while_an_owner_holds_it(
+        tmp_path: Path, redis_url: str) -> None:
+    from redis import Redis
+
+    from lowtide import _keys
+    from lowtide._manifest import BlobRef, ModelFile, ModelRef
+    from lowtide.workers.blobcache import DeploymentBlobs
+
+    platform = FakePlatform()
+    files = {"model.yaml": b"name: m\n", "w.bin": b"\x05" * 100}
+    model = ModelRef("m:v1", tuple(ModelFile(p, BlobRef(platform.add(d), len(d)))
+                                   for p, d in files.items()))
+    manifest = Manifest(BlobRef(platform.add(b"fn"), 2), (model,))
+    redis = Redis.from_url(redis_url)
+    redis.set(_keys.artifact("layout-test", 1), manifest.to_json())
+    try:
+        blobs = DeploymentBlobs(redis, tmp_path, 10**6, platform)
+        a = blobs.prepare("layout-test", 1, "replica-a")
+        b = blobs.prepare("layout-test", 1, "replica-b")
+        assert a.model_store == b.model_store and a.model_store is not None
+        assert (a.model_store / "m" / "v1" / "w.bin").read_bytes() == files["w.bin"]
+        assert (a.model_store / "m" / "latest").read_text() == "v1"
+        blobs.release("replica-a")
+        assert a.model_store.exists()  # b still uses it
+        blobs.release("replica-b")
+        assert not a.model_store.exists()
+        assert blobs.cache.in_use() == set()
+        c = blobs.prepare("layout-test", 1, "replica-c")  # laid out again, nothing fetched
+        assert c.model_store is not None and (c.model_store / "m" / "v1" / "w.bin").exists()
+        assert len(platform.fetches) == 3
+    finally:
+        redis.delete(_keys.artifact("layout-test", 1))
+        redis.close()
