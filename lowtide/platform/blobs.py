@@ -296,7 +296,7 @@ def unreferenced(stored: Iterable[tuple[str, float]], referenced: set[str], now:
 
 
 async def referenced_blobs(redis: Redis) -> set[str]:
-    """Every blob a stored manifest names (current versions; a replaced one's goes with it)."""
+    """Every blob a stored manifest names (every kept version of every name)."""
     found: set[str] = set()
     batch: list[bytes] = []
 
