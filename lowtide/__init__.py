@@ -19,14 +19,33 @@ from .sdk import (
     Handle,
     InvocationError,
     LowtideError,
+    Method,
     Overloaded,
+    StartupError,
     deploy,
+    on_shutdown,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuthError", "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
-    "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
-    "Overloaded", "__version__", "batched", "deploy",
+    "AuthError",
+    "BadInput",
+    "Client",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DeployError",
+    "Endpoint",
+    "EndpointNotFound",
+    "FunctionError",
+    "Handle",
+    "InvocationError",
+    "LowtideError",
+    "Method",
+    "Overloaded",
+    "StartupError",
+    "__version__",
+    "batched",
+    "deploy",
+    "on_shutdown",
 ]

@@ -17,6 +17,7 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 
 TIMEOUT_HEADER = "X-Lowtide-Timeout"  # seconds the function may run
+METHOD_HEADER = "X-Lowtide-Method"  # a class deployment's method; absent: __call__
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects in an invoke body
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -88,9 +89,10 @@ class QueuedRequest:
     start_by: float  # seconds since the epoch; a request still queued then is answered 504
     timeout_s: float  # how long the function may run once started
     reply_to: str  # activator id whose reply channel waits for it; "" for async requests
+    method: str = ""  # a class deployment's method; "" calls __call__ (or the function)
 
     def to_fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "id": self.id,
             "ct": self.content_type,
             "body": self.body,
@@ -98,6 +100,9 @@ class QueuedRequest:
             "timeout": repr(self.timeout_s),
             "reply": self.reply_to,
         }
+        if self.method:
+            fields["method"] = self.method
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> QueuedRequest:
@@ -108,4 +113,5 @@ class QueuedRequest:
             start_by=float(fields[b"start_by"]),
             timeout_s=float(fields[b"timeout"]),
             reply_to=fields[b"reply"].decode(),
+            method=fields.get(b"method", b"").decode(),
         )

@@ -14,8 +14,10 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from ._manifest import MAX_MODELS, ManifestError, check_model_tag
+from ._methods import CALL, MAX_METHODS
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")  # use with fullmatch
+_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?|B|b)?\s*$")
 _FACTORS = {
     None: 1, "B": 1, "b": 1,
@@ -105,6 +107,19 @@ def check_secret_names(names: object) -> list[str]:
     return names
 
 
+def check_methods(methods: object) -> None:
+    if not isinstance(methods, dict) or len(methods) > MAX_METHODS:
+        raise SpecError(f"methods must be an object of at most {MAX_METHODS} method names")
+    for name, params in methods.items():
+        if not isinstance(name, str) or not (name == CALL or _METHOD.fullmatch(name)):
+            raise SpecError(f"method {name!r} is not a public method name (a Python "
+                            "identifier not starting with '_', or __call__)")
+        if params is not None and not (
+            isinstance(params, list) and all(isinstance(p, str) for p in params)
+        ):
+            raise SpecError(f"the parameters of method {name!r} must be a list of names")
+
+
 def parse_memory(value: object, key: str = "memory") -> int:
     """'512Mi', '8Gi', '1G' or a number of bytes -> bytes."""
     if isinstance(value, bool):
@@ -148,6 +163,9 @@ class DeploymentSpec:
     # installed top-level packages the code references (recorded by the SDK): the agents'
     # prewarmed workers import them ahead of a cold start
     packages: list[str] = field(default_factory=list)
+    # a class deployment: its public methods -> their parameter names (None: *args), with
+    # "__call__" for POST /fn/{name}; None for a function
+    methods: dict[str, list[str] | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +262,8 @@ class DeploymentSpec:
         ):
             raise SpecError(f"packages must be a list of at most {MAX_PACKAGES} top-level "
                             "package names, e.g. ['torch', 'sklearn']")
+        if self.methods is not None:
+            check_methods(self.methods)
         if self.access not in ACCESS_MODES:
             raise SpecError(f"access={self.access!r} must be one of {', '.join(ACCESS_MODES)} "
                             "(public: anyone with the URL; key: an invoke key of the endpoint)")

@@ -237,11 +237,21 @@ UI_PATHS: dict[str, Any] = {
                       "403": _error("missing CSRF token or foreign Origin")}}},
 }
 
+def _method_path(call: dict[str, Any]) -> dict[str, Any]:
+    """POST /fn/{name}/{method}: as POST /fn/{name}, for a class deployment's method."""
+    post = {**call["post"], "summary": "call a public method of a class deployment",
+            "responses": {**call["post"]["responses"], "404": _error(
+                "no such endpoint, or no such method (the detail lists the methods)")}}
+    method = {"name": "method", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"}}
+    return {"parameters": [NAME, method], "post": post}
+
+
 INVOKE_PATHS: dict[str, Any] = {
     "/fn/{name}": {
         "parameters": [NAME],
         "post": {
-            "summary": "call the function", **INVOKE,
+            "summary": "call the function (a class deployment: its __call__)", **INVOKE,
             "security": [{}, {"invokeKey": []}],
             "parameters": [
                 {"name": "async", "in": "query", "schema": {"enum": ["1", "true", "yes"]},
@@ -263,17 +273,20 @@ INVOKE_PATHS: dict[str, Any] = {
                     "id": {"type": "string"}, "status_url": {"type": "string"}}}),
                 "400": _error("malformed JSON, too deep, arguments do not fit, bad header"),
                 **AUTH_ERRORS,
-                "404": _error("no such endpoint"),
+                "404": _error("no such endpoint, or a class without __call__"),
                 "413": _error("body over the limit"),
                 "415": _error("content type other than JSON or octet-stream"),
                 "429": _error("the endpoint's queue is full (Retry-After)"),
                 "500": _error("the function raised: `type`, the message in `detail`, "
                               "`traceback` (the user's frames, at most 8000 characters)"),
-                "503": _error("Redis unreachable (Retry-After)"),
+                "503": _error("Redis unreachable, or the endpoint's replicas cannot start "
+                              "(`startup failed` / `cannot be placed`, with `reason`; "
+                              "Retry-After)"),
                 "504": _error("deadline exceeded"),
             },
         },
     },
+    "/fn/{name}/{method}": {},  # filled in below
     "/requests/{id}": {
         "parameters": [{"name": "id", "in": "path", "required": True,
                         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
@@ -341,7 +354,12 @@ COMPONENTS = {
                          "type": "array", "maxItems": MAX_PACKAGES,
                          "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                          "description": "installed top-level packages the code references "
-                         "(the SDK fills it in): prewarmed workers import them ahead"}}},
+                         "(the SDK fills it in): prewarmed workers import them ahead"},
+                     "methods": {
+                         "type": ["object", "null"], "additionalProperties": {
+                             "type": ["array", "null"], "items": {"type": "string"}},
+                         "description": "a class deployment: its public methods (and "
+                         "__call__) -> their parameter names; null for a function"}}},
         "BlobRef": {"type": "object", "required": ["sha256", "size"], "properties": {
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "size": {"type": "integer", "minimum": 0}}},
@@ -359,6 +377,9 @@ COMPONENTS = {
             "note": {"type": "string"}}},
     },
 }
+
+
+INVOKE_PATHS["/fn/{name}/{method}"] = _method_path(INVOKE_PATHS["/fn/{name}"])
 
 
 def document(component: str = "platform") -> dict[str, Any]:

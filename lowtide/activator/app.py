@@ -54,9 +54,11 @@ from .._http import (
     errors_middleware,
     json_response,
 )
+from .._methods import CALL, describe
 from .._protocol import (
     JSON,
     MAX_JSON_DEPTH,
+    METHOD_HEADER,
     OCTETS,
     TIMEOUT_HEADER,
     QueuedRequest,
@@ -117,6 +119,25 @@ def check_body(content_type: str, body: bytes) -> None:
             raise BadRequest(f"malformed JSON: {exc}") from None
 
 
+def check_method(endpoint: EndpointRoute, method: str) -> str:
+    """The method a call names ("" for __call__ or a function); 404 naming the endpoint's
+    methods when it has no such one."""
+    if method in ("", CALL):
+        if endpoint.methods is not None and CALL not in endpoint.methods:
+            raise NotFound(f"{endpoint.name!r} has no __call__; call one of its methods at "
+                           f"/fn/{endpoint.name}/METHOD: {describe(sorted(endpoint.methods))}")
+        return ""
+    if endpoint.methods is None:
+        raise NotFound(f"{endpoint.name!r} is a function, it has no method {method[:100]!r}; "
+                       f"call it at /fn/{endpoint.name}")
+    if method not in endpoint.methods:
+        public = sorted(endpoint.methods - {CALL})
+        raise NotFound(f"{endpoint.name!r} has no method {method[:100]!r}; its methods: "
+                       f"{describe(public)}" + (f" (and __call__ at /fn/{endpoint.name})"
+                                                if CALL in endpoint.methods else ""))
+    return method
+
+
 @dataclass(frozen=True)
 class Call:
     content_type: str
@@ -126,6 +147,7 @@ class Call:
     arrived_at: float = 0.0  # seconds since the epoch (orders waiters against the stream)
     # the caller's Accept when it asks for server-sent events (passed to the replica)
     accept: dict[str, str] = field(default_factory=dict)
+    method: str = ""  # a class deployment's method; "" is __call__ (or the function)
 
 
 class Activator:
@@ -187,14 +209,23 @@ class Activator:
         name = request.match_info["name"]
         endpoint = await self._endpoint(name)
         check_invoke(endpoint.access, request.headers.get("Authorization"), name)
+        method = check_method(endpoint, request.match_info.get("method", ""))
         body = await request.read()
         content_type = request.headers.get("Content-Type", "") or JSON
         check_body(content_type, body)
+        failing = endpoint.failing_now(time.time())
+        if failing is not None:  # its replicas cannot start: say why now, not at a deadline
+            REQUESTS.labels(name, "failing", "503").inc()
+            answer = failing.result(name, time.time())
+            return web.Response(status=answer.status, body=answer.body, headers={
+                "Content-Type": answer.content_type,
+                "Retry-After": failing.retry_after_header(time.time())})
         now = time.time()
         accept = request.headers.get("Accept", "")
         call = Call(content_type, body, self._timeout_s(request, endpoint),
                     start_by=now + self.settings.max_queue_wait_s, arrived_at=now,
-                    accept={"Accept": accept} if "event-stream" in accept else {})
+                    accept={"Accept": accept} if "event-stream" in accept else {},
+                    method=method)
         self._arrivals[name] += 1
         if request.query.get("async") in ("1", "true", "yes"):
             request_id, _ = await self._buffer(endpoint, call, reply_to="")
@@ -305,10 +336,12 @@ class Activator:
         next waiter); None when it cannot be reached (the caller buffers), _BUSY_ANSWER
         when it was at its limit (other work filled it: nothing ran)."""
         started = time.perf_counter()
+        headers = {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s)}
+        if call.method:
+            headers[METHOD_HEADER] = call.method
         try:
             resp = await self.upstreams.get(replica.address).post(
-                {"Content-Type": call.content_type, TIMEOUT_HEADER: repr(call.timeout_s),
-                 **call.accept}, call.body, call.timeout_s + REPLY_MARGIN_S)
+                {**headers, **call.accept}, call.body, call.timeout_s + REPLY_MARGIN_S)
         except asyncio.TimeoutError:
             self.waiters.release(endpoint.name, replica)
             return timeout_result(call.timeout_s)
@@ -352,7 +385,7 @@ class Activator:
                 headers={"Retry-After": str(RETRY_AFTER_S)})
         request_id = request_id or uuid.uuid4().hex
         entry = QueuedRequest(request_id, call.content_type, call.body, call.start_by,
-                              call.timeout_s, reply_to)
+                              call.timeout_s, reply_to, call.method)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(_keys.request(request_id), endpoint.name, ex=_keys.REQUEST_TTL_S)
@@ -427,6 +460,7 @@ def build_app(activator: Activator) -> web.Application:
     app["redis"] = activator.redis
     app["max_body_bytes"] = activator.settings.max_body_bytes
     app.router.add_post("/fn/{name}", activator.invoke)
+    app.router.add_post("/fn/{name}/{method}", activator.invoke)
     app.router.add_get("/requests/{id}", activator.request_status)
     add_health_routes(app, "activator", extra_registry=activator.registry)
     add_openapi_route(app, "activator")

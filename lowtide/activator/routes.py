@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from .. import _keys
 from .._auth import Access
+from .._failing import Failing
 from .._redis import follow
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 from .admission import usable
@@ -75,12 +76,22 @@ class EndpointRoute:
     replicas: dict[str, ReplicaRoute] = field(default_factory=dict)
     access: Access = field(default_factory=Access)  # who may invoke: mode and key digests
     used_at: float = field(default_factory=time.monotonic)  # the last request that asked
+    methods: frozenset[str] | None = None  # a class deployment's methods; None: a function
+    failing: Failing | None = None  # its replicas cannot start (set by the platform)
 
     def unused(self, now: float) -> bool:
         return not self.replicas and now - self.used_at > UNUSED_FORGET_S
 
     def ready(self) -> list[ReplicaRoute]:
         return [r for r in self.replicas.values() if r.healthy]
+
+    def failing_now(self, now: float) -> Failing | None:
+        """Why calls are answered at once instead of queued: the current version's
+        replicas cannot start (until the platform's next try) and none is ready."""
+        f = self.failing
+        if f is None or not f.active(self.version, now) or self.ready():
+            return None
+        return f
 
 
 def pick(endpoint: EndpointRoute, rng: random.Random | None = None) -> ReplicaRoute | None:
@@ -117,7 +128,7 @@ class Routes:
         else the current view) keeps its route object: requests running on it count
         themselves out of that object's `in_flight` when they finish, so a copy would keep
         them in flight for good (and the replica would look full)."""
-        dep = await self.redis.hmget(_keys.deployment(name), ["spec", "version"])
+        dep = await self.redis.hmget(_keys.deployment(name), ["spec", "version", "failing"])
         if dep[0] is None or dep[1] is None:
             self.endpoints.pop(name, None)
             self._changed(name)
@@ -140,8 +151,11 @@ class Routes:
             else:
                 route = ReplicaRoute(rec["id"], rec["address"], limit)
             replicas[route.id] = route
+        methods = spec.get("methods")
         endpoint = EndpointRoute(name, version, float(spec.get("timeout_s", 60.0)), replicas,
-                                 await self._access(name, spec))
+                                 await self._access(name, spec),
+                                 methods=None if methods is None else frozenset(methods),
+                                 failing=Failing.from_json(dep[2]))
         old = self.endpoints.get(name)
         if old is not None:
             endpoint.used_at = old.used_at

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from .. import _auth, _keys
+from .._failing import Failing
 from .._http import (
     BadRequest,
     Conflict,
@@ -37,7 +38,7 @@ from .._spec import (
 )
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
-from . import blobs, listing, secrets, series, shards, state, ui, versions
+from . import blobs, failing, listing, secrets, series, shards, state, ui, versions
 from . import logs as replica_logs
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
@@ -185,6 +186,7 @@ class PlatformAPI:
                 "created_at": previous.created_at if previous else now, "updated_at": now,
                 "desired": previous.desired if previous else 0,
             })
+            pipe.hdel(_keys.deployment(name), failing.FIELD)  # a new version starts afresh
             pipe.sadd(_keys.DEPLOYMENTS, name)
             pipe.zadd(_keys.DEPLOYMENT_NAMES, {name: 0})
             pipe.publish(_keys.ROUTES_CHANNEL, name)
@@ -321,6 +323,7 @@ class PlatformAPI:
         now_state = endpoint_state(dep.desired, ready, starting, self.scaler.unplaced(name),
                                    last_failure(await state.read_events(self.redis, name, 5),
                                                 now))
+        failed = await failing.read(self.redis, name)
         return {
             "name": name,
             "url": self.url_of(name),
@@ -350,6 +353,7 @@ class PlatformAPI:
             "panic": policy.panicking(now),
             "placement": self.scaler.unplaced(name),
             "scaling": await shards.leader_of(self.redis, name),
+            "failing": _failing_view(failed, dep.version, now),
             "last_decision": dep.last_decision,
         }
 
@@ -548,6 +552,15 @@ def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -
     if not lo <= value <= hi:
         raise BadRequest(f"{key}={value} must be in [{lo}, {hi}]")
     return value
+
+
+def _failing_view(failed: Failing | None, version: int, now: float) -> dict[str, Any] | None:
+    """Why the endpoint's replicas cannot start, while calls are answered at once."""
+    if failed is None or not failed.active(version, now):
+        return None
+    return {"kind": failed.kind, "reason": failed.reason, "failures": failed.failures,
+            "next_try_in_s": round(failed.retry_in_s(now), 1),
+            "summary": failed.summary(now)}
 
 
 def _replica_view(r: state.ReplicaRecord, now: float, cpu_cores: float | None,

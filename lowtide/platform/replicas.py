@@ -21,7 +21,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from .. import _keys
-from . import state
+from .._failing import PLACEMENT, Failing
+from . import failing, state
 from .hostwatch import ALIVE_GRACE_S, HostWatcher
 from .placement import Need, host_view, place
 from .settings import ScalerSettings
@@ -38,6 +39,7 @@ BUSY_SILENCE_S = 60.0
 BUSY_CORES = 0.5  # a process using at least this much CPU is busy
 STOPPING_FORGET_S = 60.0
 START_JOB_TIMEOUT_S = 900
+PLACEMENT_HOLD_S = 10.0  # an unplaceable endpoint's calls are answered at once this long
 
 
 class ReplicaSupervisor:
@@ -48,8 +50,8 @@ class ReplicaSupervisor:
         self.settings = settings
         self.hosts = hosts
         self.clock = clock
-        self._backoff_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
+        self.starts = failing.StartFailures(settings.failure_backoff_s)  # failed starts
+        self._unplaceable: dict[str, Failing] = {}  # endpoints no host could ever place
         self._said: dict[str, str] = {}
         self._silent_since: dict[str, float] = {}  # replica id -> first seen without heartbeat
         self.metrics = StartMetrics()
@@ -61,6 +63,8 @@ class ReplicaSupervisor:
     def forget(self, name: str) -> None:
         self._said.pop(name, None)
         self.metrics.forget(name)
+        self._unplaceable.pop(name, None)
+        self.starts.forget(name)
 
     def backoff_until(self, name: str) -> float:
         """No replica of the endpoint starts before this (after failed starts)."""
@@ -85,6 +89,8 @@ class ReplicaSupervisor:
     async def problem(self, r: ReplicaRecord, hosts: dict[str, Any], now: float) -> str | None:
         """Why the replica must go (lost, crashed, failed to start, stopped), or None."""
         age_s = now - (r.ready_at or r.created_at)
+        if r.state in ("crashed", "failed") and r.extra.get("error"):
+            return f"replica {r.id} failed: {r.extra['error']}"  # the replica's own reason
         if r.state == "crashed":
             code, last = r.extra.get("exit_code"), r.extra.get("last_output") or "no output"
             return f"replica {r.id} failed: exited with code {code}: {last}"
@@ -158,24 +164,57 @@ class ReplicaSupervisor:
             self.hosts.note_loss(r.host, name, now)
         if "failed" in why:
             self.metrics.failed(name)
-            n = self._failures[name] = self._failures.get(name, 0) + 1
-            backoff_s = min(300.0, self.settings.failure_backoff_s * 2 ** (n - 1))
-            self._backoff_until[name] = now + backoff_s
+        if "failed" in why and r.version == dep.version:
+            why += await self._start_failed(dep, _cause(why), now)
         if r.state != "stopping":
             await state.record_event(self.redis, name, "replica", why, frm=dep.desired,
                                      to=dep.desired, now=now)
             log.warning("%s: %s", name, why)
 
+    async def _start_failed(self, dep: Deployment, cause: str, now: float) -> str:
+        """Count a failed start of the current version and back off; until the next try
+        the activators answer new calls at once with the cause, and the calls queued now
+        are answered with it. Returns what to add to the event."""
+        name = dep.spec.name
+        failed = self.starts.failed(name, dep.version, cause, now)
+        await failing.mark(self.redis, name, failed)
+        answered = await failing.answer_queued(self.redis, name, failed.result(name, now))
+        return (f"; {failed.summary(now)}"
+                + (f"; {answered} waiting request(s) answered 503" if answered else ""))
+
+    async def _check_placeable(self, dep: Deployment, hosts: dict[str, Any], need: Need,
+                               now: float) -> None:
+        """No live host could take a replica even empty (e.g. gpu=1 and no GPU host): say
+        so to the callers at once instead of letting them wait for their deadline; checked
+        again at every try, so a host that joins ends it."""
+        name = dep.spec.name
+        empty = place(need, [host_view(h) for h in hosts.values()])
+        if empty.placed or not hosts:  # no host at all: an agent (re)starting, transient
+            await self._placeable(name)
+            return
+        old = self._unplaceable.get(name)
+        if (old is not None and old.reason == empty.reason
+                and old.until - now > PLACEMENT_HOLD_S / 2):
+            return  # said, and still in force
+        marked = self._unplaceable[name] = Failing(PLACEMENT, empty.reason, dep.version, 0,
+                                                   now + PLACEMENT_HOLD_S)
+        await failing.mark(self.redis, name, marked)
+        await failing.answer_queued(self.redis, name, marked.result(name, now))
+
+    async def _placeable(self, name: str) -> None:
+        if self._unplaceable.pop(name, None) is not None:
+            await failing.clear(self.redis, name)
+
     # ---- converging -------------------------------------------------------------------
     async def converge(self, dep: Deployment, current: list[ReplicaRecord], desired: int,
                        now: float) -> None:
         name = dep.spec.name
-        if any(r.state == "ready" for r in current):
-            self._failures.pop(name, None)
+        if any(r.state == "ready" for r in current) and self.starts.succeeded(name):
+            await failing.clear(self.redis, name)
         missing = desired - len(current)
         if missing <= 0:
             self._said.pop(name, None)  # nothing waits for a host any more
-        if missing > 0 and now >= self._backoff_until.get(name, 0.0):
+        if missing > 0 and self.starts.may_start(name, dep.version, now):
             hosts = await state.live_hosts(self.redis)
             for _ in range(missing):
                 if not await self._start(dep, current, hosts, now):
@@ -205,7 +244,9 @@ class ReplicaSupervisor:
             placement = place(need, views)
         if placement.host is None:
             await self._say_once(dep, placement.reason)
+            await self._check_placeable(dep, hosts, need, now)
             return False
+        await self._placeable(name)
         if self._said.pop(name, None) is not None:
             log.info("%s: placement possible again", name)
         record = ReplicaRecord(id=f"r-{uuid.uuid4().hex[:10]}", version=dep.version,
@@ -248,6 +289,13 @@ class ReplicaSupervisor:
             queue.enqueue, f"lowtide.workers.jobs.{job}", *args, job_id=job_id,
             job_timeout=START_JOB_TIMEOUT_S, result_ttl=600, failure_ttl=3600,
         )
+
+
+def _cause(why: str) -> str:
+    """What a caller is told of a failed start: the replica's reason without the replica
+    ('replica r-1 failed: ModuleNotFoundError: ...' -> 'ModuleNotFoundError: ...')."""
+    head, sep, rest = why.partition(": ")
+    return rest if sep and head.startswith("replica ") else why
 
 
 def _busy_cores(host_load: dict[str, Any], replica_id: str, now: float) -> float | None:

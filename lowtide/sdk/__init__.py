@@ -1,6 +1,7 @@
 """The client side of lowtide: deploy functions, call them, watch them."""
 
-from ._client import Client, Endpoint, Handle, default_client, deploy
+from .._methods import on_shutdown
+from ._client import Client, Endpoint, Handle, Method, default_client, deploy
 from ._errors import (
     AuthError,
     BadInput,
@@ -12,10 +13,26 @@ from ._errors import (
     InvocationError,
     LowtideError,
     Overloaded,
+    StartupError,
 )
 
 __all__ = [
-    "AuthError", "BadInput", "Client", "ConfigError", "DeadlineExceeded", "DeployError", "Endpoint",
-    "EndpointNotFound", "FunctionError", "Handle", "InvocationError", "LowtideError",
-    "Overloaded", "default_client", "deploy",
+    "AuthError",
+    "BadInput",
+    "Client",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DeployError",
+    "Endpoint",
+    "EndpointNotFound",
+    "FunctionError",
+    "Handle",
+    "InvocationError",
+    "LowtideError",
+    "Method",
+    "Overloaded",
+    "StartupError",
+    "default_client",
+    "deploy",
+    "on_shutdown",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import getpass
+import inspect
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -15,6 +17,7 @@ import httpx
 
 from .._home import ClusterConfig, home_dir, resolve
 from .._jsonable import jsonable
+from .._methods import CALL, describe, method_params
 from .._spec import DeploymentSpec, SpecError, parse_memory, python_version
 from . import _blobs, _stream
 from ._errors import (
@@ -136,7 +139,8 @@ class Client:
             raise err
         return response.json()
 
-    def deploy(self, fn: Callable[..., Any], name: str | None = None, *, cpu: float = 1.0,
+    def deploy(self, fn: Callable[..., Any] | type, name: str | None = None, *,
+               cpu: float = 1.0,
                memory: str | int = "1Gi", gpu: int = 0, gpu_memory: str | int | None = None,
                requirements: Iterable[str] = (), min_replicas: int = 0,
                max_replicas: int | None = None, timeout: float = 60.0,
@@ -154,10 +158,16 @@ class Client:
         environment variables of the replicas (shown in the spec); `secrets` names secrets
         (`set_secret`) whose keys and values the replicas get as environment variables too
         (never shown).
+
+        A class is a class deployment: each replica builds one instance (without arguments)
+        before it takes a request, so its constructor is where a model is loaded; calls go
+        to `__call__` and to its public methods (`ep.embed(...)`, `POST /fn/{name}/embed`).
         """
         if not callable(fn):
-            raise TypeError(f"deploy() needs a function, got {type(fn).__name__}")
-        name = name or getattr(fn, "__name__", "").replace("_", "-").lower()
+            raise TypeError(f"deploy() needs a function or a class, got {type(fn).__name__}")
+        name = name or default_name(fn)
+        methods = _class_methods(fn) if inspect.isclass(fn) else None
+        params = methods.get(CALL) if methods is not None else parameter_names(fn)
         if isinstance(models, str):
             models = [models]
         artifact = pickle_function(fn)
@@ -169,7 +179,7 @@ class Client:
                                                                            "gpu_memory"),
                 requirements=list(requirements), min_replicas=min_replicas,
                 max_replicas=max_replicas, timeout_s=timeout, python=python_version(),
-                params=parameter_names(fn), access=access,
+                params=params, access=access, methods=methods,
                 models=[m.tag for m in manifest.models], env=dict(env or {}),
                 secrets=builtins.list(secrets),
             )
@@ -182,14 +192,15 @@ class Client:
                  "manifest": (None, manifest.to_json(), _JSON)}
         info = self._api("POST", "/v1/deployments", files=files)
         return Endpoint(self, info["name"], info["url"], spec.params, spec.timeout_s,
-                        int(info["version"]))
+                        int(info["version"]), methods=spec.methods)
 
     def get(self, name: str, key: str | None = None) -> Endpoint:
         """The deployed endpoint `name`; `key` is sent with its calls (access 'key')."""
         status = self.status(name)
         spec = status.get("spec", {})
         return Endpoint(self, name, status["url"], spec.get("params"),
-                        float(spec.get("timeout_s", 60.0)), int(status["version"]), key=key)
+                        float(spec.get("timeout_s", 60.0)), int(status["version"]), key=key,
+                        methods=spec.get("methods"))
 
     def set_access(self, name: str, access: str) -> dict[str, Any]:
         """Make an endpoint 'public' or 'key'-protected, without a redeploy."""
@@ -292,8 +303,9 @@ class Client:
             raise ConfigError(f"cannot reach the activator at {self.config.activator_url} "
                               f"({exc}); is `lowtide up` running?") from None
 
-    def invoke_url(self, name: str) -> str:
-        return f"{self.config.activator_url}/fn/{name}"
+    def invoke_url(self, name: str, method: str = "") -> str:
+        tail = f"/{method}" if method and method != CALL else ""
+        return f"{self.config.activator_url}/fn/{name}{tail}"
 
     def result(self, request_id: str, timeout: float | None = None, key: str | None = None
                ) -> Any:
@@ -331,10 +343,14 @@ class Handle:
 
 
 class Endpoint:
-    """A deployed function: call it like the function, or submit calls asynchronously."""
+    """A deployed function or class: call it like the function, or submit calls
+    asynchronously. A class deployment's methods are attributes (`ep.embed(["hi"])`,
+    `ep.embed.submit(...)`), or `ep.method("name")` for a name the Endpoint itself uses
+    (`status`, `delete`...); `ep(...)` calls its `__call__`."""
 
     def __init__(self, client: Client, name: str, url: str, params: list[str] | None,
-                 timeout_s: float, version: int, key: str | None = None) -> None:
+                 timeout_s: float, version: int, key: str | None = None,
+                 methods: dict[str, list[str] | None] | None = None) -> None:
         self.client = client
         self.key = key  # invoke key sent with calls (endpoints whose access is 'key')
         self.name = name
@@ -342,16 +358,13 @@ class Endpoint:
         self.params = params
         self.timeout_s = timeout_s
         self.version = version
+        self.methods = methods  # a class deployment's methods; None for a function
 
     def __repr__(self) -> str:  # never shows the key
         return f"Endpoint(name={self.name!r}, url={self.url!r}, version={self.version})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        content_type, body = encode_call(self.params, args, kwargs)
-        url = self.client.invoke_url(self.name)
-        # the activator answers 504 itself once a request waited or ran too long; wait for it
-        wait_s = self.timeout_s + QUEUE_WAIT_ALLOWANCE_S
-        return decode_result(self.client._post(url, content_type, body, wait_s, key=self.key))
+        return self._call("", self.params, args, kwargs)
 
     def call(self, **kwargs: Any) -> Any:
         return self(**kwargs)
@@ -372,9 +385,36 @@ class Endpoint:
                                self.key, self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
 
     def submit(self, *args: Any, **kwargs: Any) -> Handle:
-        content_type, body = encode_call(self.params, args, kwargs)
-        response = self.client._post(self.client.invoke_url(self.name), content_type, body,
-                                     30.0, params={"async": "1"}, key=self.key)
+        return self._submit("", self.params, args, kwargs)
+
+    def method(self, name: str) -> Method:
+        """The method `name` of a class deployment."""
+        if self.methods is None:
+            raise AttributeError(f"{self.name!r} is a function deployment; it has no methods")
+        if name not in self.methods:
+            raise AttributeError(f"{self.name!r} has no method {name!r}; its methods: "
+                                 f"{describe(self.methods)}")
+        return Method(self, name, self.methods[name])
+
+    def __getattr__(self, name: str) -> Method:
+        methods = self.__dict__.get("methods")
+        if methods is None or name.startswith("_") or name not in methods:
+            raise AttributeError(name)
+        return Method(self, name, methods[name])
+
+    def _call(self, method: str, params: list[str] | None, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        content_type, body = encode_call(params, args, kwargs)
+        url = self.client.invoke_url(self.name, method)
+        # the activator answers 504 itself once a request waited or ran too long; wait for it
+        wait_s = self.timeout_s + QUEUE_WAIT_ALLOWANCE_S
+        return decode_result(self.client._post(url, content_type, body, wait_s, key=self.key))
+
+    def _submit(self, method: str, params: list[str] | None, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Handle:
+        content_type, body = encode_call(params, args, kwargs)
+        response = self.client._post(self.client.invoke_url(self.name, method), content_type,
+                                     body, 30.0, params={"async": "1"}, key=self.key)
         if response.status_code != 202:
             raise error_from_response(response.status_code, response.content)
         info = response.json()
@@ -404,6 +444,53 @@ class Endpoint:
         self.client.delete(self.name)
 
 
+class Method:
+    """One method of a class deployment: `m(...)`, `m.call(**kw)`, `m.submit(...)`."""
+
+    def __init__(self, endpoint: Endpoint, name: str, params: list[str] | None) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"Method({self.endpoint.name!r}, {self.name!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.endpoint._call(self.name, self.params, args, kwargs)
+
+    def call(self, **kwargs: Any) -> Any:
+        return self(**kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Handle:
+        return self.endpoint._submit(self.name, self.params, args, kwargs)
+
+
+def default_name(fn: Callable[..., Any] | type) -> str:
+    """A function's name, or a class's in kebab case: `SentenceEmbedder` ->
+    'sentence-embedder'."""
+    raw = getattr(fn, "__name__", "")
+    if inspect.isclass(fn):
+        raw = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", raw)
+    return raw.replace("_", "-").lower()
+
+
+def _class_methods(cls: type) -> dict[str, list[str] | None]:
+    """The methods a class deployment serves; refused when the class cannot be one."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        raise DeployError(f"{cls.__name__} is built without arguments in each replica, but "
+                          f"its constructor needs some ({exc}); give them defaults, or read "
+                          "them from the environment or class attributes") from None
+    except ValueError:
+        pass  # no signature to check
+    methods = method_params(cls)
+    if not methods:
+        raise DeployError(f"{cls.__name__} has no public method and no __call__: nothing "
+                          "could be called")
+    return methods
+
+
 _default: Client | None = None
 
 
@@ -414,9 +501,10 @@ def default_client() -> Client:
     return _default
 
 
-def deploy(fn: Callable[..., Any], name: str | None = None, **options: Any) -> Endpoint:
-    """Deploy fn and return its Endpoint; see Client.deploy for the options."""
+def deploy(fn: Callable[..., Any] | type, name: str | None = None, **options: Any
+           ) -> Endpoint:
+    """Deploy a function or a class and return its Endpoint; see Client.deploy."""
     return default_client().deploy(fn, name, **options)
 
 
-__all__ = ["Client", "Endpoint", "Handle", "LowtideError", "deploy"]
+__all__ = ["Client", "Endpoint", "Handle", "LowtideError", "Method", "deploy"]

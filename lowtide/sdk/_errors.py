@@ -8,6 +8,7 @@
         ├── AuthError            401 / 403: no valid token or invoke key (never echoed back)
         ├── EndpointNotFound     404
         ├── Overloaded           429 / 503: a bound was hit, retry later
+        ├── StartupError         503: the endpoint's replicas cannot start (reason says why)
         ├── FunctionError        500: the function raised (exc_type names the exception)
         └── DeadlineExceeded     504
 """
@@ -79,6 +80,26 @@ class DeadlineExceeded(InvocationError):
     pass
 
 
+class StartupError(InvocationError):
+    """503: no replica of the endpoint can start — its code failed to load (an import
+    error, a package missing on the workers, a requirement pip cannot install, the
+    constructor raised) or no host can ever place it. `reason` is the cause as the replica
+    or the placement reported it (e.g. "ModuleNotFoundError: No module named 'tabulate'");
+    `retry_in_s` is when the platform tries again (None: after a redeploy or a new host)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.body.get("reason", self.detail))
+
+    @property
+    def retry_in_s(self) -> float | None:
+        value = self.body.get("retry_in_s")
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+STARTUP_ERRORS = ("startup failed", "cannot be placed")  # the `error` of StartupError bodies
+
+
 _BY_STATUS: dict[int, type[InvocationError]] = {
     400: BadInput, 401: AuthError, 403: AuthError, 404: EndpointNotFound,
     429: Overloaded, 503: Overloaded, 500: FunctionError, 504: DeadlineExceeded,
@@ -93,4 +114,6 @@ def error_from_response(status: int, content: bytes) -> InvocationError:
     except ValueError:
         body = {"detail": content[:500].decode(errors="replace")}
     cls = _BY_STATUS.get(status, InvocationError)
+    if status == 503 and body.get("error") in STARTUP_ERRORS:
+        cls = StartupError
     return cls(status, str(body.get("error", "error")), str(body.get("detail", "")), body)

@@ -113,6 +113,15 @@ def layer_on_this_environment(python: Path) -> None:
     (Path(site_packages) / "_lowtide_base.pth").write_text("\n".join(lines) + "\n")
 
 
+def pip_failure(missing: list[str], stderr: str) -> str:
+    """One line for callers and events: what pip could not install and its last error
+    ('ERROR: No matching distribution found for ...'); the whole output goes to the log."""
+    log.warning("pip could not install %s:\n%s", ", ".join(missing), stderr.strip()[-4000:])
+    errors = [ln.strip() for ln in stderr.splitlines() if ln.strip().startswith("ERROR:")]
+    last = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
+    return f"pip could not install {', '.join(missing)}: {last[:400]}"
+
+
 def ensure_python(requirements: list[str], envs_dir: Path) -> str:
     """The interpreter to serve with: this one when it satisfies the requirements, else a
     virtualenv layered on this environment (its packages visible through a .pth file, the
@@ -133,6 +142,6 @@ def ensure_python(requirements: list[str], envs_dir: Path) -> str:
     proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements],
                           capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     if proc.returncode != 0:
-        raise RuntimeError(f"pip could not install {missing}: {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(pip_failure(missing, proc.stderr))
     marker.write_text("\n".join(requirements))
     return str(python)

@@ -1,9 +1,14 @@
 """One replica: a deployed function loaded in a BentoML worker, serving direct calls and
 pulling buffered requests from the endpoint's stream.
 
-Life cycle: `start()` loads the artifact, marks the replica ready in Redis and starts the
-heartbeat and the stream puller; `stop()` stops pulling, lets in-flight work finish for a
-grace period, and removes the replica from routing.
+Life cycle: `start()` loads the artifact and, for a class deployment, builds its one
+instance (the constructor loads the model; `target.py`), then marks the replica ready in
+Redis and starts the heartbeat and the stream puller: a replica is routable, counted ready
+and ends its cold start only once the constructor returned. A load or constructor that
+raises is recorded as the replica's failure (`fail()`, state "failed" with the reason), for
+the platform to answer the endpoint's callers with it. `stop()` stops pulling, lets
+in-flight work finish for a grace period, runs the class's stop hooks and removes the
+replica from routing.
 
 Concurrency: the replica learns its own limit (`lowtide.limiter`) from the latency of every
 request it runs, direct or pulled, so one learner sees the replica's whole load whatever
@@ -21,7 +26,10 @@ import importlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +45,7 @@ from starlette.routing import Route
 
 from .. import _keys
 from .._batched import batch_spec
-from .._protocol import TIMEOUT_HEADER, QueuedRequest, Result
+from .._protocol import METHOD_HEADER, TIMEOUT_HEADER, QueuedRequest, Result
 from .._redis import Backoff, async_redis
 from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
 from . import tracebacks, user_env
@@ -48,12 +56,14 @@ from .puller import StreamPuller
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
 from .streaming import ChunkStream, is_streaming, open_direct, relay_queued
+from .target import Target, exception_text, load_artifact
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 ALIVE_TTL_S = 3
 DEFAULT_TIMEOUT_S = 60.0
+FAIL_REPORT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,22 +138,19 @@ def _limiter_config(fixed: str | None) -> LimiterConfig:
 class Replica:
     def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
-        load_started = time.time()
         if settings.model_store is not None:  # before user code runs (unpickling included)
             use_model_store(settings.model_store)
-        self.fn = LoadedFunction.from_artifact(settings.artifact_path.read_bytes())
-        self.phases = {"load_s": time.time() - load_started}
+        self.target: Target | None = None  # set by load()
+        self.phases: dict[str, float] = {"load_s": 0.0, "setup_s": 0.0}
+        self._started = False  # registered as ready (stop() deregisters only then)
         self._first_done = False
         self.limiter = GradientLimiter(settings.limiter, now=time.monotonic())
         # threads start on demand; enough for a sync function at the largest limit
         self.executor = ThreadPoolExecutor(settings.limiter.max_limit, thread_name_prefix="fn")
-        spec = batch_spec(self.fn.fn)
-        # a batched function's limit counts items and comes from its batch policy
-        self.batcher = None if spec is None else Batcher(
-            self.fn, spec, self.executor, settings.endpoint,
-            fixed_wait_s=settings.batch_fixed_wait_s)
+        self.batcher: Batcher | None = None  # a batched function's (set by load_target)
+        self.fn: LoadedFunction | None = None  # a function's (not a class's), for the above
         self.slots = Slots(self._admit_limit())
-        self.streams = is_streaming(self.fn)  # a generator function: answers stream
+        self.streams = False  # a generator function: answers stream (set by load_target)
         self._recorded_limit = 0  # the limit last written to the replica record
         self.redis: Redis = async_redis(settings.redis_url)
         self.consumer = f"{settings.replica_id}.{os.getpid()}"
@@ -155,14 +162,46 @@ class Replica:
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- life cycle -------------------------------------------------------------------
+    async def load_target(self) -> Target:
+        """Unpickle the artifact, then build the target (a class's constructor), both off
+        the event loop: a model load of minutes leaves the server answering health checks."""
+        started = time.time()
+        obj = await asyncio.to_thread(load_artifact, self.settings.artifact_path)
+        built = time.time()
+        self.phases["load_s"] = built - started
+        self.target = await asyncio.to_thread(Target.build, obj)
+        self.phases["setup_s"] = time.time() - built
+        if not self.target.class_name:  # batching and streaming: functions, for now
+            self._function_features(self.target.methods[""])
+        if self.target.class_name:
+            log.info("built %s in %.3f s", self.target.class_name, self.phases["setup_s"])
+        return self.target
+
+    def _function_features(self, fn: LoadedFunction) -> None:
+        self.fn = fn
+        self.streams = is_streaming(fn)
+        spec = batch_spec(fn.fn)
+        if spec is not None:
+            # a batched function's limit counts items and comes from its batch policy
+            self.batcher = Batcher(fn, spec, self.executor, self.settings.endpoint,
+                                   fixed_wait_s=self.settings.batch_fixed_wait_s)
+            self.slots.set_limit(self._admit_limit())
+
+    def _function(self) -> LoadedFunction:
+        assert self.fn is not None, "a function deployment's replica, once loaded"
+        return self.fn
+
     async def start(self) -> None:
-        """Register as ready; while Redis is away, wait for it (with backoff) rather than
-        exit: a replica starting during a Redis restart comes up when Redis does."""
+        """Load, then register as ready; while Redis is away, wait for it (with backoff)
+        rather than exit: a replica starting during a Redis restart comes up when Redis
+        does. What the load raises is raised here (see `start_or_fail`)."""
+        await self.load_target()
         backoff = Backoff()
         while True:
             try:
                 await self._heartbeat_once()
                 await self._set_state("ready")
+                self._started = True
                 break
             except RedisError as exc:
                 wait_s = backoff.next_s()
@@ -181,8 +220,35 @@ class Replica:
         log.info("replica %s of %s v%d ready at %s", self.settings.replica_id,
                  self.settings.endpoint, self.settings.version, self.settings.address)
 
+    async def fail(self, reason: str) -> None:
+        """Record why this replica cannot start (state "failed"), for the platform to
+        answer the endpoint's waiting callers with it; best effort, bounded."""
+        try:
+            await asyncio.wait_for(self._record_failure(reason), FAIL_REPORT_TIMEOUT_S)
+        except (RedisError, asyncio.TimeoutError) as exc:
+            log.warning("could not record the start failure of %s: %s",
+                        self.settings.replica_id, exc)
+
+    async def _record_failure(self, reason: str) -> None:
+        s = self.settings
+        key = _keys.replicas(s.endpoint)
+        raw = await self.redis.hget(key, s.replica_id)
+        if raw is None:
+            return  # the platform dropped it meanwhile (stopped, or its endpoint deleted)
+        record = json.loads(raw)
+        record.update(state="failed", error=reason, failed_at=time.time(),
+                      startup=self._startup(record))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, s.replica_id, json.dumps(record))
+            pipe.publish(_keys.ROUTES_CHANNEL, s.endpoint)
+            await pipe.execute()
+
     async def stop(self) -> None:
         s = self.settings
+        if not self._started:  # never ready: nothing to drain or deregister
+            await self.redis.aclose()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            return
         try:
             await self._set_state("stopping")  # out of routing first, where Redis allows
         except RedisError as exc:
@@ -195,6 +261,8 @@ class Replica:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.target is not None:
+            await self.target.shutdown(self.executor)
         try:
             await self._leave_group()
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -217,13 +285,17 @@ class Replica:
             await self.redis.xgroup_delconsumer(stream, _keys.STREAM_GROUP, self.consumer)
 
     # ---- serving ----------------------------------------------------------------------
-    async def run_direct(self, content_type: str, body: bytes, timeout_s: float
-                         ) -> Result | None:
+    @property
+    def ready(self) -> bool:
+        return self._started
+
+    async def run_direct(self, content_type: str, body: bytes, timeout_s: float,
+                         method: str = "") -> Result | None:
         """Run a direct call; None when the replica is at its limit (nothing ran)."""
         if not self.slots.try_acquire():
             return None
         try:
-            return await self._measured(content_type, body, timeout_s)
+            return await self._measured(method, content_type, body, timeout_s)
         finally:
             self.slots.release()
 
@@ -231,22 +303,26 @@ class Replica:
         late_s = time.time() - request.start_by
         if late_s > 0:
             return queue_expired_result(late_s)
-        if self.streams:
-            return await relay_queued(self.redis, self.fn, request, self.executor)
-        return await self._measured(request.content_type, request.body, request.timeout_s,
-                                    time.monotonic() - late_s)
+        if self.streams and not request.method:
+            return await relay_queued(self.redis, self._function(), request, self.executor)
+        return await self._measured(request.method, request.content_type, request.body,
+                                    request.timeout_s, time.monotonic() - late_s)
 
-    async def _measured(self, content_type: str, body: bytes, timeout_s: float,
+    async def _measured(self, method: str, content_type: str, body: bytes, timeout_s: float,
                         start_by: float | None = None) -> Result:
         """Execute one call (its slot already taken) and feed its latency to the limiter;
         a batched function's item joins a batch (its policy learns from whole batches)."""
+        assert self.target is not None, "called before the replica was ready"
+        fn = self.target.get(method)
+        if fn is None:
+            return self.target.not_found(method)
         in_flight = self.slots.in_use
         started = time.monotonic()
         try:
             if self.batcher is not None:
                 result = await self.batcher.submit(content_type, body, timeout_s, start_by)
             else:
-                result = await execute(self.fn, content_type, body, timeout_s, self.executor)
+                result = await execute(fn, content_type, body, timeout_s, self.executor)
         finally:
             self.last_done_at = time.time()
         if self.batcher is not None:
@@ -271,7 +347,7 @@ class Replica:
             self.limiter.on_sample(latency_s, in_flight, now)
             self.slots.set_limit(self._admit_limit())
 
-        return await open_direct(self.fn, self.slots, self.executor, content_type, body,
+        return await open_direct(self._function(), self.slots, self.executor, content_type, body,
                                  timeout_s, accept, self.load_headers(), first)
 
     def _limit(self) -> int:
@@ -324,18 +400,23 @@ class Replica:
 
     def _startup(self, record: dict[str, Any]) -> dict[str, Any]:
         """Where the time to ready went: placement and queue wait (decision to the agent
-        starting it), process start or specialization, function load."""
+        starting it), process start or specialization, function load (unpickling, with
+        the imports it does), and a class's constructor (setup: the model load)."""
         s, now = self.settings, time.time()
         created = float(record.get("created_at") or s.spawned_at or now)
         spawned = s.spawned_at or created
-        return {
+        load_s, setup_s = self.phases["load_s"], self.phases["setup_s"]
+        startup = {
             "path": s.start_path,
             "queue_s": round(max(0.0, spawned - created), 4),
-            "start_s": round(max(0.0, now - spawned - self.phases["load_s"]), 4),
-            "load_s": round(self.phases["load_s"], 4),
+            "start_s": round(max(0.0, now - spawned - load_s - setup_s), 4),
+            "load_s": round(load_s, 4),
             "total_s": round(max(0.0, now - created), 4),
             **({"preloaded": sorted(_preloaded)} if s.start_path == "pool" else {}),
         }
+        if self.target is not None and self.target.class_name:
+            startup["setup_s"] = round(setup_s, 4)
+        return startup
 
     async def _note_first_response(self) -> None:
         """Record when the first answer left (the last start-up phase), once."""
@@ -421,14 +502,36 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def startup_reason(replica_id: str, startup: dict[str, Any]) -> str:
     how = "a prewarmed worker" if startup["path"] == "pool" else "a new server process"
-    return (f"replica {replica_id} ready in {startup['total_s'] * 1000:.0f} ms via {how}: "
-            f"queue {startup['queue_s'] * 1000:.0f} ms, start {startup['start_s'] * 1000:.0f} ms,"
-            f" function load {startup['load_s'] * 1000:.0f} ms")
+    setup = f", setup {_seconds(startup['setup_s'])}" if "setup_s" in startup else ""
+    return (f"replica {replica_id} ready in {_seconds(startup['total_s'])} via {how}: "
+            f"queue {_seconds(startup['queue_s'])}, start {_seconds(startup['start_s'])}, "
+            f"function load {_seconds(startup['load_s'])}{setup}")
+
+
+def _seconds(value_s: float) -> str:
+    """'163 ms' under ten seconds' worth of milliseconds, else '9.8 s'."""
+    return f"{value_s * 1000:.0f} ms" if value_s < 1.0 else f"{value_s:.1f} s"
+
+
+async def start_or_fail(replica: Replica) -> bool:
+    """Start the replica; when its load or constructor raises, print the traceback (for
+    `lowtide logs`), record the reason (`Replica.fail`) and return False: the caller
+    then ends the process."""
+    try:
+        await replica.start()
+        return True
+    except Exception as exc:
+        reason = exception_text(exc)
+        traceback.print_exc()
+        print(f"[lowtide] the replica cannot start: {reason}", file=sys.stderr, flush=True)
+        await replica.fail(reason)
+        return False
 
 
 _current: Replica | None = None
 _pool_mode = False
 _preloaded: list[str] = []  # the packages this pool worker imported before its function
+_background: set[asyncio.Task[None]] = set()
 # common imports a prewarmed worker loads before it has a function (LOWTIDE_POOL_PRELOAD,
 # comma separated, replaces the list; missing modules are skipped), and the packages the
 # agent learned its host's cold starts need (LOWTIDE_POOL_PACKAGES)
@@ -473,16 +576,29 @@ async def _specialize(request: Request) -> Response:
     tracebacks.hide(user_env.secret_values(os.environ))
     env = {**os.environ, **{f"LOWTIDE_{k.upper()}": str(v) for k, v in spec.items()},
            "LOWTIDE_START_PATH": "pool"}
-    started = time.time()
     try:
         replica = Replica(ReplicaSettings.from_env(env))
     except Exception as exc:
         return JSONResponse({"error": "cannot load the function",
                              "detail": f"{type(exc).__name__}: {exc}"}, 500)
     _current = replica
-    await replica.start()
-    return JSONResponse({"status": "ready", "load_s": replica.phases["load_s"],
-                         "specialize_s": time.time() - started})
+    # the load (a class's constructor: maybe minutes) runs on: the agent's start job does
+    # not wait for it, and the replica reports ready, or its failure, itself
+    task = asyncio.create_task(_start_specialized(replica), name="specialize")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return JSONResponse({"status": "loading"}, 202)
+
+
+async def _start_specialized(replica: Replica) -> None:
+    if not await start_or_fail(replica):
+        end_server()
+
+
+def end_server() -> None:
+    """End this replica: stop the `bentoml serve` process whose worker this is (the
+    agent reaps it and reports the exit)."""
+    os.kill(os.getppid(), signal.SIGTERM)
 
 
 def _not_ready() -> Response:
@@ -492,7 +608,7 @@ def _not_ready() -> Response:
 
 async def _invoke(request: Request) -> Response:
     replica = current()
-    if replica is None:
+    if replica is None or not replica.ready:
         return _not_ready()
     body = await request.body()
     try:
@@ -500,14 +616,15 @@ async def _invoke(request: Request) -> Response:
     except ValueError:
         timeout_s = DEFAULT_TIMEOUT_S
     content_type = request.headers.get("content-type", "")
-    if replica.streams:
+    method = request.headers.get(METHOD_HEADER, "")
+    if replica.streams and not method:
         answer = await replica.open_stream(content_type, body, timeout_s,
                                            request.headers.get("accept", ""))
         if isinstance(answer, ChunkStream):
             return answer
         result = answer
     else:
-        result = await replica.run_direct(content_type, body, timeout_s)
+        result = await replica.run_direct(content_type, body, timeout_s, method)
     headers = replica.load_headers()
     if result is None:
         return JSONResponse({"error": "busy", "detail": "the replica is at its concurrency "

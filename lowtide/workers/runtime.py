@@ -38,6 +38,11 @@ class LoadedFunction:
         fn = cloudpickle.loads(artifact)
         if not callable(fn):
             raise TypeError(f"artifact holds a {type(fn).__name__}, not a function")
+        return cls.of(fn)
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> LoadedFunction:
+        """A function, a bound method or any callable, with its signature when it has one."""
         try:
             signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):

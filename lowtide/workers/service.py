@@ -7,8 +7,6 @@ agent points it at (LOWTIDE_ARTIFACT), so one service definition serves every en
 from __future__ import annotations
 
 import os
-import signal
-import sys
 
 import bentoml
 from bentoml._internal.server.http import traffic
@@ -44,17 +42,13 @@ class Worker:
         if os.environ.get("LOWTIDE_POOL") == "1":
             replica.enter_pool()  # a prewarmed worker: the function comes later
             return
-        try:
-            r = replica.current()
-            assert r is not None
-            await r.start()
-        except Exception as exc:
-            # BentoML would keep a server without a function; end the whole replica so the
-            # agent reports why (its last output lines) and the platform backs off.
-            print(f"[lowtide] the function cannot be loaded: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
-            os.kill(os.getppid(), signal.SIGTERM)  # the `bentoml serve` process
-            raise
+        r = replica.current()
+        assert r is not None
+        if not await replica.start_or_fail(r):
+            # BentoML would keep a server without a function; end the whole replica (the
+            # reason is recorded for the platform, which answers the callers with it)
+            replica.end_server()
+            raise RuntimeError("the replica cannot start; see the lines above")
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:

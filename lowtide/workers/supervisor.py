@@ -215,7 +215,7 @@ class ReplicaSupervisor:
         except httpx.HTTPError as exc:
             self._stop_process(rp)
             raise RuntimeError(f"specializing a pool worker failed: {exc}") from exc
-        if r.status_code != 200:
+        if not r.is_success:  # 202: loading; the replica reports ready or its failure
             self._stop_process(rp)
             try:
                 detail = r.json().get("detail") or r.text
@@ -277,8 +277,8 @@ class ReplicaSupervisor:
                     user: tuple[dict[str, str], tuple[str, ...]],
                     gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
+        python = bento.ensure_python(requirements, self.settings.home / "envs")  # fails fast
         built = self.build(endpoint, version)
-        python = bento.ensure_python(requirements, self.settings.home / "envs")
         s = self.settings
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
@@ -392,8 +392,9 @@ class ReplicaSupervisor:
         try:
             key = _keys.replicas(r.endpoint)
             raw = self.redis.hget(key, r.replica_id)
-            record = json.loads(raw) if raw else {"id": r.replica_id, "version": r.version,
-                                                  "host": self.settings.host_id}
+            if raw is None:  # the platform dropped it already (it reported its failure)
+                return
+            record = json.loads(raw)
             record.update(state="crashed", exit_code=r.proc.returncode, last_output=last)
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, r.replica_id, json.dumps(record))

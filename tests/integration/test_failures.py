@@ -33,8 +33,9 @@ class Unloadable:
 def test_a_replica_that_cannot_load_is_reported_and_restarts_back_off(
     client: Client, unique_name: str
 ) -> None:
-    ep = client.deploy(Unloadable(), name=unique_name, timeout=5)
-    ep.submit(1)  # wakes the endpoint; its answer does not matter here
+    # min_replicas=1: the platform keeps trying without callers (a failure answers the
+    # waiting calls, after which an endpoint at zero would try again only when called)
+    ep = client.deploy(Unloadable(), name=unique_name, timeout=5, min_replicas=1)
 
     def failures():
         return [e for e in ep.events() if e["kind"] == "replica" and "failed" in e["reason"]]

@@ -355,6 +355,7 @@ async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
                                replica_id="r-test", address="127.0.0.1:1",
                                artifact_path=artifact)
     r = Replica(settings)
+    await r.load_target()
     try:
         yield r
     finally:

@@ -100,7 +100,8 @@ def test_from_dict_full_round_trip() -> None:
             "min_replicas": 1, "max_replicas": 4,
             "timeout_s": 120, "python": "3.11", "params": ["image", "top_k"],
             "access": "key", "models": ["resnet:v2"], "env": {"MODEL": "resnet"},
-            "secrets": ["hf-token"], "packages": ["torch", "PIL"]}
+            "secrets": ["hf-token"], "packages": ["torch", "PIL"],
+            "methods": {"__call__": ["image"], "top": None}}
     spec = DeploymentSpec.from_dict(data)
     assert spec.to_dict() == data
 
