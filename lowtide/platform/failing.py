@@ -2,7 +2,7 @@
 answered to the callers waiting in the endpoint's stream (thin I/O).
 
 `StartFailures` keeps, per endpoint, the consecutive failed starts of its current version:
-each one pushes the next try back (5, 10, 20... s, at most 300 s). A new version (redeploy)
+each one pushes the next try back (10, 20, 40... s, at most 300 s). A new version (redeploy)
 or a new endpoint of the same name (delete and deploy) starts from zero; a ready replica
 clears it. What it returns is the `Failing` the activators answer with (`lowtide._failing`).
 """
@@ -22,7 +22,7 @@ PLATFORM_CONSUMER = "platform"  # the consumer that takes queued entries to answ
 
 
 class StartFailures:
-    def __init__(self, first_backoff_s: float = 5.0, cap_s: float = 300.0) -> None:
+    def __init__(self, first_backoff_s: float = 10.0, cap_s: float = 300.0) -> None:
         self.first_backoff_s = first_backoff_s
         self.cap_s = cap_s
         self._last: dict[str, Failing] = {}

@@ -50,7 +50,7 @@ class ScalerSettings:
     keep_alive_s: float | None = None  # None: the platform's policy
     tick_s: float = 1.0
     start_timeout_s: float = 600.0
-    failure_backoff_s: float = 5.0
+    failure_backoff_s: float = 10.0  # the first wait after a failed start; doubles to 300 s
     learned_save_s: float = 10.0  # an endpoint's learned state is written at most this often
     keep_alive_bin_s: float = 60.0  # the idle-gap histogram's resolution
 
