@@ -15,7 +15,7 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
-FAST_S = 15.0  # a failure reaches the caller well before this (queue wait: 120 s)
+FAST_S = 15.0  # a failure reaches its caller well before this (queue wait: 120 s)
 
 
 class BrokenModel:
@@ -50,9 +50,12 @@ def test_a_constructor_that_raises_is_answered_fast_then_at_once_until_a_redeplo
     client: Client, http: httpx.Client, unique_name: str
 ) -> None:
     ep = client.deploy(BrokenModel, name=unique_name)
-    err, took_s = _startup_error(lambda: ep(1))
+    err, _ = _startup_error(lambda: ep(1))  # a cold start (slow here), then the failure
+    answered_at = time.time()
     assert err.reason == "ValueError: weights file is corrupt", err.body
-    assert err.status == 503 and took_s < FAST_S + 30  # a cold start, then the failure
+    assert err.status == 503
+    failed = [e for e in ep.events() if e["kind"] == "replica" and "failed" in e["reason"]]
+    assert failed and answered_at - max(e["at"] for e in failed) < FAST_S, failed
     assert err.retry_in_s is not None and err.retry_in_s > 5, err.body
     in_backoff = time.monotonic() + err.retry_in_s - 1.0  # (a loaded machine may be late)
     # while failing: the same answer at once, over HTTP too, with Retry-After
@@ -79,7 +82,7 @@ def test_a_missing_package_is_answered_with_the_import_error_and_delete_resets(
     ep = client.deploy(NeedsMissingPackage, name=unique_name)
     h = ep.submit(1)  # a buffered call is answered with the reason too
     with pytest.raises(lowtide.StartupError) as exc:
-        h.result(timeout=FAST_S + 30)
+        h.result(timeout=150)  # a cold start, slow on a loaded machine
     assert exc.value.reason == ("ModuleNotFoundError: No module named "
                                 "'lowtide_missing_package'")
     ep.delete()
