@@ -47,6 +47,11 @@ class StartFailures:
         last = self.current(name, version)
         return last is None or now >= last.until
 
+    def until(self, name: str) -> float:
+        """When the next start may happen (0: at once), as last backed off."""
+        last = self._last.get(name)
+        return 0.0 if last is None else last.until
+
     def succeeded(self, name: str) -> bool:
         """A replica became ready: start afresh. True when there were failures."""
         return self._last.pop(name, None) is not None

@@ -68,7 +68,7 @@ class ReplicaSupervisor:
 
     def backoff_until(self, name: str) -> float:
         """No replica of the endpoint starts before this (after failed starts)."""
-        return self._backoff_until.get(name, 0.0)
+        return self.starts.until(name)
 
     # ---- housekeeping -----------------------------------------------------------------
     async def housekeep(self, dep: Deployment, replicas: list[ReplicaRecord],
