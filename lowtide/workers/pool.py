@@ -138,7 +138,8 @@ class WarmPool:
         worker.claimed = True
         log.info("no idle pool worker: waiting for %s (ready in about %.1f s; a new server "
                  "takes about %.1f s)", worker.address, remaining, full_s)
-        return worker, now + remaining + full_s  # later than that, a full start had won
+        # later than that, a full start had won (and the command thread is held no longer)
+        return worker, now + remaining + min(full_s, self.policy.max_wait_s)
 
     def _wait_for(self, worker: PoolWorker, deadline: float) -> PoolWorker | None:
         while worker.alive() and self._clock() < deadline:

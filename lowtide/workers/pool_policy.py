@@ -45,6 +45,9 @@ class PoolPolicy:
     max_preload: int = 8  # packages a worker imports at most
     max_parallel_starts: int = 4
     default_start_s: float = 10.0  # a worker's spawn to idle, until one is measured
+    # a start waits this long at most for a starting worker: the wait holds the agent's
+    # command thread, and other starts queue behind it
+    max_wait_s: float = 10.0
 
     def burst(self, starts: Sequence[ColdStart], now: float) -> int:
         """The most cold starts within `burst_s` of each other in the busy window."""
@@ -89,7 +92,7 @@ class PoolPolicy:
 
     def wait_for_starting(self, remaining_s: float, full_start_s: float) -> bool:
         """Wait for a worker still starting rather than start a new server?"""
-        return remaining_s < full_start_s
+        return remaining_s < full_start_s and remaining_s <= self.max_wait_s
 
 
 def choose(candidates: Sequence[Candidate], needed: Iterable[str]) -> int | None:

@@ -66,6 +66,7 @@ def test_a_start_waits_for_a_starting_worker_only_when_it_is_sooner() -> None:
     p = PoolPolicy()
     assert p.wait_for_starting(remaining_s=3.6, full_start_s=9.0)
     assert not p.wait_for_starting(remaining_s=9.5, full_start_s=9.0)
+    assert not p.wait_for_starting(remaining_s=12.0, full_start_s=30.0)  # at most max_wait_s
 
 
 def test_a_start_takes_the_worker_with_its_packages() -> None:
