@@ -77,8 +77,8 @@ def load_failed(lines: Iterable[str]) -> bool:
     return any(line.startswith(LOAD_FAILED_MARKERS) for line in lines)
 
 
-def exit_line(returncode: int | None, tail: Iterable[str]) -> str:
+def exit_line(returncode: int | None, function_failed_to_load: bool) -> str:
     """The line `lowtide logs` gets when a replica ends without being asked to."""
-    if load_failed(tail):
+    if function_failed_to_load:
         return "[lowtide] replica stopped: its function could not be loaded (reason above)"
     return f"[lowtide] replica exited unexpectedly with code {returncode}"

@@ -62,6 +62,7 @@ class ReplicaProcess:
     pump: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     hidden: tuple[str, ...] = ()  # secret values redacted from its output
+    load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
 
 
 class ReplicaSupervisor:
@@ -376,7 +377,7 @@ class ReplicaSupervisor:
             if not r.stopping:
                 CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down
-                self._log_line(r, replica_log.exit_line(r.proc.returncode, r.tail))
+                self._log_line(r, replica_log.exit_line(r.proc.returncode, r.load_failed))
                 log.warning("replica %s of %s exited with code %s", r.replica_id, r.endpoint,
                             r.proc.returncode)
             if r.pump is not None:
@@ -420,6 +421,7 @@ class ReplicaSupervisor:
         for raw in rp.proc.stdout:
             line = user_env.redact(raw.decode(errors="replace").rstrip("\n"), rp.hidden)
             rp.tail.append(line)
+            rp.load_failed = rp.load_failed or replica_log.load_failed((line,))
             for kept in chatter.feed(line):
                 self._keep_line(rp, kept)
         for kept in chatter.flush():

@@ -1,4 +1,4 @@
-from lowtide.workers.replica_log import LogFilter, exit_line, is_chatter
+from lowtide.workers.replica_log import LogFilter, exit_line, is_chatter, load_failed
 
 PFX = "2026-12-01T12:35:39+0000 [INFO] [entry_service:lowtide-worker:1] "
 ERR = "2026-12-01T12:35:39+0000 [ERROR] [entry_service:lowtide-worker:1] "
@@ -33,9 +33,11 @@ def test_an_unfinished_block_is_flushed() -> None:
 
 
 def test_exit_line_names_a_load_failure() -> None:
-    assert "could not be loaded" in exit_line(0, ["[lowtide] the replica cannot start: X"])
-    assert exit_line(0, ["x"]) == "[lowtide] replica exited unexpectedly with code 0"
-    assert exit_line(-9, []).endswith("code -9")
+    assert load_failed(["x", "[lowtide] the replica cannot start: X"])
+    assert not load_failed(["x"])
+    assert "could not be loaded" in exit_line(0, True)
+    assert exit_line(0, False) == "[lowtide] replica exited unexpectedly with code 0"
+    assert exit_line(-9, False).endswith("code -9")
 
 
 def test_log_waits_are_split_below_the_socket_timeout() -> None:
