@@ -257,13 +257,15 @@ def embeddings(duration_s: float) -> dict[str, dict[int, LoadResult]]:
 
 
 def embedding_table(out: dict[str, dict[int, LoadResult]]) -> str:
-    rows = [["variant", "64 callers req/s", "p50 ms", "p99 ms", "x lowtide",
+    rows = [["variant", "64 callers req/s", "errors", "p50 ms", "p99 ms", "x lowtide",
              "1 caller p50 ms", "p50 - lowtide's ms"]]
     base64, base1 = out["lowtide batched"][64], out["lowtide batched"][1]
     for label, runs in out.items():
         r64, r1 = runs[64], runs[1]
-        rows.append([label, f"{r64.rps:.0f}", f"{r64.p50_ms:.0f}", f"{r64.p99_ms:.0f}",
-                     f"{r64.rps / base64.rps:.2f}", f"{r1.p50_ms:.1f}",
+        rows.append([label, f"{r64.rps:.0f}", str(r64.errors), f"{r64.p50_ms:.0f}",
+                     f"{r64.p99_ms:.0f}",
+                     f"{r64.rps / base64.rps:.2f}" if base64.rps else "-",
+                     f"{r1.p50_ms:.1f}",
                      f"{r1.p50_ms - base1.p50_ms:+.1f}"])
     return table(rows)
 
