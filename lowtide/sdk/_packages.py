@@ -38,7 +38,7 @@ def referenced_packages(obj: Any, artifact: bytes) -> list[str]:
     installed = _installed_top_levels()
     tops = {n.split(".")[0] for n in names}
     return sorted(t for t in tops
-                  if t in installed and t not in IGNORED
+                  if t in installed and t not in IGNORED and not t.startswith("_")
                   and t not in sys.stdlib_module_names)[:MAX_PACKAGES]
 
 

@@ -1,0 +1,1 @@
+"""Models served with lowtide: see the README, "Serving a model"."""
