@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import lowtide
 from lowtide import Client
 from lowtide.workers.resources import Gpus
 from tests.conftest import wait_for
@@ -80,4 +81,49 @@ def test_torch_model_with_one_gpu_runs_on_cuda(client: Client, unique_name: str)
     mine = next(r for r in host["replicas"] if r["id"] == replica["id"])
     print("replica GPU use (NVML per process; 0 where PIDs are namespaced):",
           mine.get("gpu_memory_bytes"), mine.get("gpu_utilization_percent"))
+    ep.delete()
+
+
+class CudaModel:
+    """A class deployment whose constructor puts a small torch model on the GPU, once per
+    replica; the stop hook gives its memory back."""
+
+    def __init__(self):
+        import torch
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
+                                         torch.nn.Linear(16, 1)).to("cuda").eval()
+        self.loaded_on = str(next(self.model.parameters()).device)
+
+    def __call__(self, x):
+        with self.torch.no_grad():
+            out = self.model(self.torch.full((1, 4), float(x), device="cuda"))
+        return {"device": str(out.device), "loaded_on": self.loaded_on,
+                "value": float(out.item())}
+
+    def memory(self):
+        return self.torch.cuda.memory_allocated()
+
+    @lowtide.on_shutdown
+    def release(self):
+        del self.model
+        self.torch.cuda.empty_cache()
+
+
+def test_a_class_deployment_loads_its_torch_model_onto_cuda_once(
+    client: Client, unique_name: str
+) -> None:
+    ep = client.deploy(CudaModel, name=unique_name, gpu=1, requirements=["torch"],
+                       timeout=300)
+    first: Any = ep(1.0)
+    print("class replica answered:", first)
+    assert first["device"] == "cuda:0" and first["loaded_on"] == "cuda:0", first
+    assert ep(1.0)["value"] == first["value"]  # the same weights: built once
+    assert ep.memory() > 0  # the model's parameters live on the GPU
+    replica = next(r for r in client.status(unique_name)["replicas"]["items"]
+                   if r["state"] == "ready")
+    print("startup:", replica["startup"])
+    assert replica["startup"]["setup_s"] > 0  # the constructor ran before ready
     ep.delete()
