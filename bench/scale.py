@@ -7,7 +7,8 @@ One cluster of separate processes (Redis, platform, activator, agent; keep-alive
 each one's CPU and memory is its own. Per level it prints: the platform's and Redis' CPU
 while the idle endpoints wait (cores, over `--idle-s`), the platform's RSS and Redis'
 used memory, the cold start of one endpoint (p50/p99 over `--cold` runs, request to
-answer) and its wake-to-decision time (request sent to the platform's `wake` decision
+answer, an idle pool worker ready before each, as in bench/cold_start.py) and its
+wake-to-decision time (request sent to the platform's `wake` decision
 event), the latency of the list's first page (100 names), and the time it took to deploy
 the level's endpoints.
 
@@ -81,8 +82,8 @@ class Bench:
     # ---- deploying ----------------------------------------------------------------------
     def sdk_deploy(self, names: list[str]) -> float:
         t0 = time.perf_counter()
-        for name in names:
-            self.client.deploy(double, name=name)
+        for name in names:  # small: ten busy replicas and the probe fit on one 2-core host
+            self.client.deploy(double, name=name, cpu=0.1, memory="256Mi")
         return (time.perf_counter() - t0) / max(1, len(names))
 
     def register(self, names: list[str], like: str) -> float:
@@ -137,6 +138,7 @@ class Bench:
         cold, wake = [], []
         for i in range(runs):
             wait_until(lambda: self._at_zero(name), f"{name} at zero")
+            wait_until(self._pool_ready, "an idle pool worker")  # as bench/cold_start.py
             sent = time.time()
             t0 = time.perf_counter()
             r = self.http.post(url, json={"x": i})
@@ -148,6 +150,10 @@ class Bench:
             if woke:
                 wake.append(min(woke) - sent)
         return cold, wake
+
+    def _pool_ready(self) -> bool:
+        hosts = self.get("/v1/hosts")["hosts"]
+        return bool(hosts) and hosts[0]["load"]["pool"]["ready"] >= 1
 
     def _at_zero(self, name: str) -> bool:
         r = self.get(f"/v1/deployments/{name}")["replicas"]

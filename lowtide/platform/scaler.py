@@ -214,6 +214,9 @@ class Scaler:
         if lost:
             log.info("platform %s no longer scales shard(s) %s", self.shards.id,
                      ", ".join(map(str, lost)))
+            gone = set(lost)  # what was learned goes to Redis for the new leader
+            for name in [n for n in self._policies if shard_of(n, self.shards.shards) in gone]:
+                await self.save_learned(name, self.clock(), force=True)
         if gained or lost:
             self.loop.resync_soon()
         for g in gained:
