@@ -189,7 +189,7 @@ class Load:
 def measure_level(b: Bench, n: int, args: argparse.Namespace, sdk_s: float,
                   register_s: float, busy: int) -> dict[str, Any]:
     known = wait_until(lambda: b.metric("lowtide_platform_endpoints", '{state="known"}')
-                       >= n + busy, f"the platform to know {n + busy} endpoints", 120)
+                       >= n + busy, f"the platform to know {n + busy} endpoints", 900)
     del known
     wait_until(lambda: b.metric("lowtide_platform_endpoints", '{state="active"}') <= busy + 1,
                "the idle endpoints to go quiet", 180)

@@ -138,6 +138,7 @@ class ScalingLoop:
         names = self.schedule.due(now)
         for i in range(0, len(names), self.batch_size):
             await self._look_many(names[i: i + self.batch_size], now)
+            ENDPOINTS.labels(state="known").set(len(self.known))
         ENDPOINTS.labels(state="known").set(len(self.known))
         ENDPOINTS.labels(state="active").set(len(self.schedule.active))
         ENDPOINTS.labels(state="timer").set(self.schedule.timers)

@@ -73,6 +73,7 @@ class Scaler:
         self.hosts = HostWatcher(redis, sync_redis, clock)
         self.replicas = ReplicaSupervisor(redis, sync_redis, settings, self.hosts, clock)
         self._policies: dict[str, Autoscaler] = {}
+        self._fresh_text = _learned_text(Autoscaler(settings.policy()))  # nothing learned
         self._arrivals: dict[str, tuple[float, int, float]] = {}  # name -> (at, count, rate)
         self._born: dict[str, float] = {}  # name -> created_at of the deployment its policy is for
         self._saved: dict[str, str] = {}  # name -> learned state as last written (or read)
@@ -85,16 +86,19 @@ class Scaler:
             self._policies[name] = Autoscaler(self.settings.policy())
         return self._policies[name]
 
-    async def learned_policy(self, name: str) -> Autoscaler:
-        """The endpoint's policy; the first time after a start, with what the platform had
-        learned about the endpoint before (saved in Redis)."""
+    async def learned_policy(self, name: str, raw: bytes | bool | None = False) -> Autoscaler:
+        """The endpoint's policy; the first time after a start (or an eviction), with what
+        the platform had learned about the endpoint before (saved in Redis; `raw` when the
+        caller read it already, False when not)."""
         if name in self._policies:
             return self._policies[name]
-        raw = await self.redis.get(_keys.learned(name))
+        if raw is False:
+            raw = await self.redis.get(_keys.learned(name))
         if name in self._policies:  # restored by another caller meanwhile
             return self._policies[name]
         policy = self.policy(name)
-        if raw is None:
+        if raw is None or isinstance(raw, bool):  # nothing saved: nothing learned yet
+            self._saved[name] = self._fresh_text
             return policy
         try:
             policy.restore(json.loads(raw))
@@ -271,7 +275,8 @@ class Scaler:
     async def read(self, names: Sequence[str], now: float) -> Batch:
         asked = time.monotonic()
         try:
-            batch = await read_batch(self.redis, names, now)
+            batch = await read_batch(self.redis, names, now,
+                                     learned=[n for n in names if n not in self._policies])
         except RedisError:
             self.hosts.redis_failed()
             raise
@@ -295,7 +300,7 @@ class Scaler:
             self._forget(name)
             return None
         self._check_born(name, dep.created_at)
-        policy = await self.learned_policy(name)
+        policy = await self.learned_policy(name, snap.learned)
         now = self.clock()
         hosts = batch.hosts
         replicas = await self.replicas.housekeep(dep, snap.replicas, hosts, now)

@@ -34,6 +34,7 @@ class Snapshot:
     queue: QueueStats
     stats: RequestStats
     waiting: dict[bytes, bytes]  # the activators' flushed in-memory waiters
+    learned: bytes | bool | None = False  # its saved learned state (False: not read)
 
 
 @dataclass
@@ -42,9 +43,14 @@ class Batch:
     endpoints: dict[str, Snapshot] = field(default_factory=dict)
 
 
-async def read_batch(redis: Redis, names: Sequence[str], now: float) -> Batch:
+async def read_batch(redis: Redis, names: Sequence[str], now: float,
+                     learned: Sequence[str] = ()) -> Batch:
+    """The endpoints' reads, with the saved learned state of those named in `learned`
+    (whose policy is not in memory)."""
     hosts = await state.live_hosts(redis)
     async with redis.pipeline(transaction=False) as pipe:
+        for name in learned:
+            pipe.get(_keys.learned(name))
         for name in names:
             pipe.hgetall(_keys.deployment(name))
             pipe.hgetall(_keys.replicas(name))
@@ -52,6 +58,8 @@ async def read_batch(redis: Redis, names: Sequence[str], now: float) -> Batch:
             pipe.hmget(_keys.stats(name), ["requests", "last_request_at"])
             pipe.hgetall(_keys.waiting(name))
         first = await pipe.execute()
+    saved = dict(zip(learned, first[: len(learned)], strict=True))
+    first = first[len(learned):]
     batch = Batch(hosts)
     depths: dict[str, int] = {}
     records: list[ReplicaRecord] = []
@@ -65,7 +73,8 @@ async def read_batch(redis: Redis, names: Sequence[str], now: float) -> Batch:
         batch.endpoints[name] = Snapshot(
             state.parse_deployment(raw_dep), replicas,
             state.queue_stats_from(0, None, None, waiting, now),
-            RequestStats(int(counted[0] or 0), float(counted[1] or 0.0)), waiting)
+            RequestStats(int(counted[0] or 0), float(counted[1] or 0.0)), waiting,
+            saved.get(name, False))
     await _read_beats_and_queues(redis, batch, records, depths, now)
     return batch
 
