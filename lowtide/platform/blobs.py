@@ -277,7 +277,8 @@ def add_blob_routes(app: web.Application, store: BlobStore, max_blob_bytes: int)
     api = BlobAPI(store, max_blob_bytes)
     app["blob_store"] = store
     app.router.add_post("/v1/blobs/missing", api.missing)
-    app.router.add_put("/v1/blobs/{sha256}", api.put)
+    # the digest pattern in the route: PUT /v1/blobs/missing is a 405 (POST only), not a PUT
+    app.router.add_put("/v1/blobs/{sha256:[0-9a-f]{64}}", api.put)
     app.router.add_get(HOST_PREFIX + "blobs/{sha256}", api.get)
 
     async def on_startup(app: web.Application) -> None:

@@ -30,6 +30,9 @@ def _secret_name(request: web.Request) -> str:
     try:
         return check_name(name)
     except SpecError:
+        if request.method == "PUT":  # the caller's input, not a lookup
+            raise BadRequest(f"{name[:80]!r} is not a secret name; names are like "
+                             "'hf-token'") from None
         raise NotFound(f"no secret named {name[:80]!r}; names are like 'hf-token'") from None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ..._http import Forbidden
 from . import sessions
 
 STATIC = Path(__file__).parent / "static"
@@ -109,6 +110,9 @@ class Pages:
 
     async def logout(self, request: web.Request) -> web.Response:
         """POST /ui/logout (with the page's CSRF token): end the session."""
+        if not request.headers.get(sessions.CSRF_HEADER):
+            raise Forbidden("signing out needs the page's CSRF token (X-Lowtide-CSRF); "
+                            "sign out from the dashboard's page")
         session = await self._session(request)
         if session is not None:
             sessions.check_csrf(request.method, request.host, request.headers.get("Origin"),
