@@ -33,9 +33,14 @@ def test_workers_share_one_port_and_stop_on_sigterm(redis_url: str) -> None:
                  what="the activator workers")
         workers = psutil.Process(proc.pid).children()
         assert len(workers) == 2
-        listening = {c.pid for c in psutil.net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
-        assert listening == {w.pid for w in workers}  # both bound the port, not the parent
+
+        def listening() -> set[int]:
+            return {c.pid for c in psutil.net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+        # both bind the port, not the parent (the first one may answer before the second binds)
+        wait_for(lambda: listening() == {w.pid for w in workers}, timeout_s=30,
+                 what="both workers listening")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
