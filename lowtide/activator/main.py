@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from .._redis import async_redis
 from .._run import run, supervise
+from ..workers.procs import die_with_parent
 from .app import Activator, build_app
 from .settings import ActivatorSettings
 
@@ -57,7 +59,8 @@ async def serve(settings: ActivatorSettings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-def _worker(settings: ActivatorSettings) -> None:
+def _worker(settings: ActivatorSettings, parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # a SIGKILLed parent leaves no worker holding the port
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own
     run(lambda stop: serve(settings, stop))
@@ -70,7 +73,7 @@ def run_activator(settings: ActivatorSettings) -> int:
         return 0
     # fork before any event loop, Redis connection or thread exists in this process
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(settings,), name=f"activator-{i}")
+    procs = [ctx.Process(target=_worker, args=(settings, os.getpid()), name=f"activator-{i}")
              for i in range(settings.workers)]
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
