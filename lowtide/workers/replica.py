@@ -22,117 +22,41 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import json
 import logging
 import os
-import signal
-import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from .. import _keys
 from .._batched import batch_spec
-from .._protocol import METHOD_HEADER, TIMEOUT_HEADER, QueuedRequest, Result
+from .._protocol import QueuedRequest, Result
 from .._redis import Backoff, async_redis
-from ..limiter import BUSY_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter, LimiterConfig
-from . import tracebacks, user_env
-from .batching import REGISTRY as BATCH_METRICS
+from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
 from .batching import Batcher
 from .blobcache import use_model_store
 from .puller import StreamPuller
+from .replica_settings import ReplicaSettings
 from .runtime import LoadedFunction, execute, queue_expired_result
 from .slots import Slots
 from .streaming import ChunkStream, is_streaming, open_direct, relay_queued
-from .target import Target, exception_text, load_artifact
+from .target import Target, load_artifact
 
 log = logging.getLogger(__name__)
 
+# the packages this process imported as a pool worker before it had a function (set by
+# `replica_app.enter_pool`), reported with the start-up phases
+PRELOADED: list[str] = []
+
 HEARTBEAT_S = 1.0
 ALIVE_TTL_S = 3
-DEFAULT_TIMEOUT_S = 60.0
 FAIL_REPORT_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
-class ReplicaSettings:
-    redis_url: str
-    endpoint: str
-    version: int
-    replica_id: str
-    address: str
-    artifact_path: Path
-    limiter: LimiterConfig = field(default_factory=LimiterConfig)
-    drain_s: float = 10.0
-    start_path: str = "full"  # "pool": a prewarmed worker specialized; "full": a new server
-    spawned_at: float = 0.0  # when the agent began this start (process spawn or specialize)
-    model_store: Path | None = None  # the attached BentoML models, laid out by the agent
-    batch_fixed_wait_s: float | None = None  # a fixed batch window instead of the learned
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ReplicaSettings:
-        e = dict(os.environ if env is None else env)
-        missing = [k for k in ("LOWTIDE_REDIS_URL", "LOWTIDE_ENDPOINT", "LOWTIDE_VERSION",
-                               "LOWTIDE_REPLICA_ID", "LOWTIDE_ADDRESS", "LOWTIDE_ARTIFACT")
-                   if not e.get(k)]
-        if missing:
-            raise RuntimeError(f"replica started without {', '.join(missing)}; replicas are "
-                               "started by `lowtide agent`, not by hand")
-        return cls(
-            redis_url=e["LOWTIDE_REDIS_URL"],
-            endpoint=e["LOWTIDE_ENDPOINT"],
-            version=int(e["LOWTIDE_VERSION"]),
-            replica_id=e["LOWTIDE_REPLICA_ID"],
-            address=e["LOWTIDE_ADDRESS"],
-            artifact_path=Path(e["LOWTIDE_ARTIFACT"]),
-            limiter=_limiter_config(e.get("LOWTIDE_FIXED_CONCURRENCY")),
-            start_path=e.get("LOWTIDE_START_PATH") or "full",
-            spawned_at=float(e.get("LOWTIDE_SPAWNED_AT") or 0.0),
-            model_store=Path(e["LOWTIDE_MODEL_STORE"]) if e.get("LOWTIDE_MODEL_STORE") else None,
-            batch_fixed_wait_s=_fixed_wait_s(e.get("LOWTIDE_BATCH_FIXED_WAIT_MS")),
-        )
-
-
-def _fixed_wait_s(raw: str | None) -> float | None:
-    """LOWTIDE_BATCH_FIXED_WAIT_MS: batches wait this long to fill instead of deciding
-    per batch (the baseline of bench/batching.py, not a setting to tune)."""
-    if not raw:
-        return None
-    try:
-        wait_ms = float(raw)
-    except ValueError:
-        wait_ms = -1.0
-    if not 0 <= wait_ms <= 10_000:
-        raise RuntimeError(f"LOWTIDE_BATCH_FIXED_WAIT_MS={raw!r} must be milliseconds in "
-                           "[0, 10000]")
-    return wait_ms / 1000
-
-
-def _limiter_config(fixed: str | None) -> LimiterConfig:
-    """The learned limit, or a fixed one (LOWTIDE_FIXED_CONCURRENCY: an escape hatch, and
-    the baseline of bench/limits.py)."""
-    if not fixed:
-        return LimiterConfig()
-    try:
-        n = int(fixed)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 10_000:
-        raise RuntimeError(f"LOWTIDE_FIXED_CONCURRENCY={fixed!r} must be an integer in "
-                           "[1, 10000]")
-    return LimiterConfig(initial_limit=n, min_limit=n, max_limit=n)
 
 
 class Replica:
@@ -412,7 +336,7 @@ class Replica:
             "start_s": round(max(0.0, now - spawned - load_s - setup_s), 4),
             "load_s": round(load_s, 4),
             "total_s": round(max(0.0, now - created), 4),
-            **({"preloaded": sorted(_preloaded)} if s.start_path == "pool" else {}),
+            **({"preloaded": sorted(PRELOADED)} if s.start_path == "pool" else {}),
         }
         if self.target is not None and self.target.class_name:
             startup["setup_s"] = round(setup_s, 4)
@@ -513,141 +437,3 @@ def _seconds(value_s: float) -> str:
     return f"{value_s * 1000:.0f} ms" if value_s < 1.0 else f"{value_s:.1f} s"
 
 
-async def start_or_fail(replica: Replica) -> bool:
-    """Start the replica; when its load or constructor raises, print the traceback (for
-    `lowtide logs`), record the reason (`Replica.fail`) and return False: the caller
-    then ends the process."""
-    try:
-        await replica.start()
-        return True
-    except Exception as exc:
-        reason = exception_text(exc)
-        traceback.print_exc()
-        print(f"[lowtide] the replica cannot start: {reason}", file=sys.stderr, flush=True)
-        await replica.fail(reason)
-        return False
-
-
-_current: Replica | None = None
-_pool_mode = False
-_preloaded: list[str] = []  # the packages this pool worker imported before its function
-_background: set[asyncio.Task[None]] = set()
-# common imports a prewarmed worker loads before it has a function (LOWTIDE_POOL_PRELOAD,
-# comma separated, replaces the list; missing modules are skipped), and the packages the
-# agent learned its host's cold starts need (LOWTIDE_POOL_PACKAGES)
-PRELOAD = ("numpy", "sklearn.ensemble", "sklearn.linear_model")
-
-
-def enter_pool() -> None:
-    """Wait as a prewarmed generic worker until POST /lt/specialize gives a function."""
-    global _pool_mode
-    _pool_mode = True
-    names = os.environ.get("LOWTIDE_POOL_PRELOAD")
-    base = names.split(",") if names else list(PRELOAD)
-    learned = [n for n in os.environ.get("LOWTIDE_POOL_PACKAGES", "").split(",") if n]
-    for name in [*base, *learned]:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a package broken on import must not break the pool
-            if name in learned:
-                log.warning("pool worker: cannot preload %s: %s: %s", name,
-                            type(exc).__name__, exc)
-            continue
-        if name in learned:
-            _preloaded.append(name)
-    gc.freeze()
-
-
-def current() -> Replica | None:
-    global _current
-    if _current is None and not _pool_mode:
-        tracebacks.hide(user_env.secret_values(os.environ))
-        _current = Replica(ReplicaSettings.from_env())
-    return _current
-
-
-async def _specialize(request: Request) -> Response:
-    global _current
-    if not _pool_mode or _current is not None:
-        return JSONResponse({"error": "conflict", "detail": "not an idle pool worker"}, 409)
-    spec = await request.json()
-    user_vars = spec.pop("env", None) or {}
-    os.environ.update(user_vars)  # this worker is the replica's alone from now on
-    tracebacks.hide(user_env.secret_values(os.environ))
-    env = {**os.environ, **{f"LOWTIDE_{k.upper()}": str(v) for k, v in spec.items()},
-           "LOWTIDE_START_PATH": "pool"}
-    try:
-        replica = Replica(ReplicaSettings.from_env(env))
-    except Exception as exc:
-        return JSONResponse({"error": "cannot load the function",
-                             "detail": f"{type(exc).__name__}: {exc}"}, 500)
-    _current = replica
-    # the load (a class's constructor: maybe minutes) runs on: the agent's start job does
-    # not wait for it, and the replica reports ready, or its failure, itself
-    task = asyncio.create_task(_start_specialized(replica), name="specialize")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return JSONResponse({"status": "loading"}, 202)
-
-
-async def _start_specialized(replica: Replica) -> None:
-    if not await start_or_fail(replica):
-        end_server()
-
-
-def end_server() -> None:
-    """End this replica: stop the `bentoml serve` process whose worker this is (the
-    agent reaps it and reports the exit)."""
-    os.kill(os.getppid(), signal.SIGTERM)
-
-
-def _not_ready() -> Response:
-    return JSONResponse({"error": "unavailable", "detail": "this worker has no function yet"},
-                        503)
-
-
-async def _invoke(request: Request) -> Response:
-    replica = current()
-    if replica is None or not replica.ready:
-        return _not_ready()
-    body = await request.body()
-    try:
-        timeout_s = float(request.headers.get(TIMEOUT_HEADER) or DEFAULT_TIMEOUT_S)
-    except ValueError:
-        timeout_s = DEFAULT_TIMEOUT_S
-    content_type = request.headers.get("content-type", "")
-    method = request.headers.get(METHOD_HEADER, "")
-    if replica.streams and not method:
-        answer = await replica.open_stream(content_type, body, timeout_s,
-                                           request.headers.get("accept", ""))
-        if isinstance(answer, ChunkStream):
-            return answer
-        result = answer
-    else:
-        result = await replica.run_direct(content_type, body, timeout_s, method)
-    headers = replica.load_headers()
-    if result is None:
-        return JSONResponse({"error": "busy", "detail": "the replica is at its concurrency "
-                             "limit"}, status_code=503, headers={**headers, BUSY_HEADER: "1"})
-    return Response(result.body, status_code=result.status, media_type=result.content_type,
-                    headers=headers)
-
-
-async def _metrics(_: Request) -> Response:
-    """Prometheus text: the batch size and wait histograms of batched functions."""
-    return Response(generate_latest(BATCH_METRICS), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _health(_: Request) -> Response:
-    r = current()
-    if r is None:
-        return JSONResponse({"status": "idle"})
-    return JSONResponse({"status": "ok", **r.load()})
-
-
-invoke_app = Starlette(routes=[
-    Route("/invoke", _invoke, methods=["POST"]),
-    Route("/healthz", _health, methods=["GET"]),
-    Route("/metrics", _metrics, methods=["GET"]),
-    Route("/specialize", _specialize, methods=["POST"]),
-])

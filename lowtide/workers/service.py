@@ -11,7 +11,7 @@ import os
 import bentoml
 from bentoml._internal.server.http import traffic
 
-from . import replica
+from . import replica_app as replica
 from .procs import die_with_parent
 
 

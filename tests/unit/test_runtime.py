@@ -16,7 +16,8 @@ import cloudpickle
 import pytest
 
 from lowtide._protocol import JSON, OCTETS, QueuedRequest, Result
-from lowtide.workers.replica import Replica, ReplicaSettings
+from lowtide.workers.replica import Replica
+from lowtide.workers.replica_settings import ReplicaSettings
 from lowtide.workers.runtime import (
     BadInput,
     LoadedFunction,

@@ -12,7 +12,7 @@ from lowtide.activator.metrics import RoutesCollector
 from lowtide.activator.routes import EndpointRoute, ReplicaRoute, Routes, pick
 from lowtide.activator.settings import ActivatorSettings
 from lowtide.limiter import LIMIT_HEADER, NO_LOAD_HEADER
-from lowtide.workers.replica import _limiter_config
+from lowtide.workers.replica_settings import _limiter_config
 from lowtide.workers.slots import Slots
 
 _LIMIT, _NO_LOAD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower()  # as upstream.Response has them
