@@ -2,7 +2,8 @@
 
 A generator function's answer is a sequence of `Chunk`s: each yielded value encoded once
 (`json`: its JSON text; `bytes`: the raw bytes), then at most one `error` (JSON `{"error",
-"detail", "type"}`: the function raised, or produced nothing for its timeout). Framing for
+"detail", "type"}`, the body a 500 would have: the function raised, with its remote
+`traceback` then, or it produced nothing for its timeout). Framing for
 the caller is chosen by its `Accept` header and the first value:
 - a first value of bytes: `application/octet-stream`, the bytes as they come (an error,
   or a later value that is not bytes, can only break the connection);
@@ -74,10 +75,6 @@ class Chunk:
 def error_chunk(error: str, detail: str, exc_type: str) -> Chunk:
     return Chunk(ERROR_KIND, json.dumps({"error": error, "detail": detail,
                                          "type": exc_type}).encode())
-
-
-def raised_chunk(exc: BaseException) -> Chunk:
-    return error_chunk("function raised", f"{type(exc).__name__}: {exc}", type(exc).__name__)
 
 
 def timeout_chunk(timeout_s: float) -> Chunk:

@@ -93,6 +93,11 @@ REQUESTS = Counter("lowtide_activator_requests_total", "Requests answered",
                    ["endpoint", "path", "status"])
 LATENCY = Histogram("lowtide_activator_request_seconds", "Time to answer", ["path"],
                     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+FIRST_BYTE = Histogram("lowtide_activator_stream_first_byte_seconds",
+                       "Time from a streamed call's arrival to the first bytes of its body "
+                       "sent to the caller", ["endpoint", "path"],
+                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10,
+                                30, 60, 120))
 
 
 def _media(content_type: str) -> str:
@@ -245,7 +250,9 @@ class Activator:
         bucket = _latency.bucket_of(elapsed_s)
         counts[bucket] = counts.get(bucket, 0) + 1
         if is_stream(result):  # a generator's answer: sent as it comes
-            return await respond(request, self.redis, result, call.timeout_s)
+            first_byte = FIRST_BYTE.labels(name, path)
+            return await respond(request, self.redis, result, call.timeout_s, lambda: (
+                first_byte.observe(time.perf_counter() - started)))
         return web.Response(status=result.status, body=result.body,
                             headers={"Content-Type": result.content_type})
 

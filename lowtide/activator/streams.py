@@ -5,9 +5,11 @@
 - Buffered (`from_redis`): the replica writes chunks to the request's short-lived Redis
   stream; they are read in order (and deleted once read, which lets a paused producer go
   on) and framed here for the caller's `Accept`.
-Either way a caller that leaves stops the stream: the replica's connection is closed (warm)
-or the request's cancel key is set (buffered), and the replica closes the generator. A
-replica that sends nothing for the function's timeout (plus a margin) ends the stream.
+Either way `on_first` is called once the first bytes of the body went to the caller (the
+activator's time-to-first-byte histogram), and a caller that leaves stops the stream: the
+replica's connection is closed (warm) or the request's cancel key is set (buffered), and
+the replica closes the generator. A replica that sends nothing for the function's timeout
+(plus a margin) ends the stream.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -56,13 +58,17 @@ def is_stream(result: Result) -> bool:
     return isinstance(result, Streamed) or result.content_type == STREAM_MARKER
 
 
-async def respond(request: web.Request, redis: Redis, result: Result, timeout_s: float
-                  ) -> web.StreamResponse:
+def _no_op() -> None:
+    pass
+
+
+async def respond(request: web.Request, redis: Redis, result: Result, timeout_s: float,
+                  on_first: Callable[[], None] = _no_op) -> web.StreamResponse:
     """Send a streamed answer (`is_stream(result)`) to the caller."""
     if isinstance(result, Streamed) and result.stream is not None:
         return await pass_through(request, result.status, result.content_type,
-                                  result.stream, timeout_s)
-    return await from_redis(request, redis, result.body.decode(), timeout_s)
+                                  result.stream, timeout_s, on_first)
+    return await from_redis(request, redis, result.body.decode(), timeout_s, on_first)
 
 
 def _headers(media: str) -> dict[str, str]:
@@ -70,8 +76,10 @@ def _headers(media: str) -> dict[str, str]:
 
 
 async def pass_through(request: web.Request, status: int, media: str, body: BodyStream,
-                       timeout_s: float) -> web.StreamResponse:
+                       timeout_s: float, on_first: Callable[[], None] = _no_op
+                       ) -> web.StreamResponse:
     out = web.StreamResponse(status=status, headers=_headers(media))
+    first = True
     try:
         await out.prepare(request)
         while True:
@@ -79,6 +87,9 @@ async def pass_through(request: web.Request, status: int, media: str, body: Body
             if data is None:
                 break
             await out.write(data)
+            if first and data:
+                first = False
+                on_first()
         await out.write_eof()
     except ConnectionError:
         log.debug("caller left a stream; closing it at the replica")
@@ -90,14 +101,15 @@ async def pass_through(request: web.Request, status: int, media: str, body: Body
     return out
 
 
-async def from_redis(request: web.Request, redis: Redis, request_id: str, timeout_s: float
-                     ) -> web.StreamResponse:
+async def from_redis(request: web.Request, redis: Redis, request_id: str, timeout_s: float,
+                     on_first: Callable[[], None] = _no_op) -> web.StreamResponse:
     key = chunks_key(request_id)
     chunks = _read(redis, key, timeout_s)
     out: web.StreamResponse | None = None
     media = ""
     try:
         async for chunk in chunks:
+            first = out is None
             if out is None:
                 media = choose_media(request.headers.get("Accept", ""), chunk)
                 out = web.StreamResponse(status=200, headers=_headers(media))
@@ -106,6 +118,8 @@ async def from_redis(request: web.Request, redis: Redis, request_id: str, timeou
             if data is None:
                 break  # this framing cannot say it: the stream breaks off
             await out.write(data)
+            if first:
+                on_first()
             if chunk.kind in (END_KIND, ERROR_KIND):
                 await out.write_eof()
                 break

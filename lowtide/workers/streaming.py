@@ -46,10 +46,16 @@ from .._streaming import (
     chunks_key,
     collected,
     frame,
-    raised_chunk,
     timeout_chunk,
 )
-from .runtime import CANCEL_GRACE_S, BadInput, LoadedFunction, bind_arguments, parse_arguments
+from .runtime import (
+    CANCEL_GRACE_S,
+    BadInput,
+    LoadedFunction,
+    bind_arguments,
+    parse_arguments,
+    raised,
+)
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,13 @@ _DONE = object()
 def is_streaming(fn: LoadedFunction) -> bool:
     f = fn.fn
     return inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f)
+
+
+def raised_chunk(exc: BaseException) -> Chunk:
+    """The error that ends a stream whose generator raised: the body a plain call's 500
+    has (type, message and the remote traceback, bounded), also printed to the replica's
+    output for `lowtide logs`."""
+    return Chunk(ERROR_KIND, raised(exc).body)
 
 
 def _step(gen: Any) -> Any:

@@ -4,6 +4,7 @@ SSE framing, bytes, errors mid-stream, async results, and callers that leave."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -61,11 +62,13 @@ def test_streams(client: Client, http: httpx.Client, redis: Redis, cluster, uniq
     r = http.post(url, json={"n": 3, "mode": "raise"})
     last = json.loads(r.text.splitlines()[-1])
     assert r.status_code == 200 and last["type"] == "ValueError"
+    assert "in tokens" in last["traceback"]  # the remote traceback, as a 500 carries it
     got = []
-    with pytest.raises(lowtide.FunctionError, match="mid-stream"):
+    with pytest.raises(lowtide.FunctionError, match="mid-stream") as info:
         for item in ep.stream(n=3, mode="raise"):
             got.append(item)
     assert got == [{"token": 0}]
+    assert info.value.traceback.endswith("ValueError: mid-stream")
 
     # the CLI prints each value as a JSON line
     cfg = cluster.config
@@ -106,3 +109,7 @@ def test_streams(client: Client, http: httpx.Client, redis: Redis, cluster, uniq
     metrics = http.get("/metrics").text
     assert f'endpoint="{unique_name}",path="warm",status="200"' in metrics  # passed through
     assert f'endpoint="{unique_name}",path="buffered",status="200"' in metrics  # via Redis
+    for path in ("warm", "buffered"):  # the time to the first byte of streamed answers
+        count = re.search(rf'lowtide_activator_stream_first_byte_seconds_count\{{endpoint='
+                          rf'"{unique_name}",path="{path}"\}} (\S+)', metrics)
+        assert count is not None and float(count.group(1)) > 0, path

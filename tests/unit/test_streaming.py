@@ -88,13 +88,24 @@ def test_sync_and_async_generators_step_to_the_end(executor: ThreadPoolExecutor)
 
 
 def test_an_exception_mid_stream_is_the_last_chunk(executor: ThreadPoolExecutor) -> None:
+    def deep_in_user_code() -> None:
+        raise KeyError("gone")
+
     def gen() -> Iterator[int]:
         yield 1
-        raise KeyError("gone")
+        deep_in_user_code()
 
     chunks = asyncio.run(drain(GeneratorRun(gen(), 5.0, executor)))
     assert chunks[0] == Chunk.of(1)
-    assert chunks[1].kind == "error" and json.loads(chunks[1].data)["type"] == "KeyError"
+    error = json.loads(chunks[1].data)
+    assert chunks[1].kind == "error" and error["type"] == "KeyError"
+    assert error["detail"] == "KeyError: 'gone'"
+    # the remote traceback, as a 500 carries it: the user's frames, not the runner's
+    trace = error["traceback"]
+    assert trace.startswith("Traceback") and trace.endswith("KeyError: 'gone'")
+    assert "in gen" in trace and "in deep_in_user_code" in trace
+    assert "workers/streaming.py" not in trace and "concurrent" not in trace
+    assert len(trace) <= 8000
 
 
 def test_no_output_for_the_timeout_ends_with_a_timeout_error() -> None:
@@ -193,10 +204,13 @@ def test_body_stream_breaks_off_and_times_out() -> None:
 def test_sdk_parses_events_and_raises_error_events() -> None:
     events = _Events()
     lines = ["data: {\"a\": 1}", "", "event: error",
-             'data: {"error": "function raised", "detail": "ValueError: x", "type": "ValueError"}',
+             'data: {"error": "function raised", "detail": "ValueError: x", "type": "ValueError",'
+             ' "traceback": "Traceback (most recent call last):\\n  ...\\nValueError: x"}',
              ""]
     got: list[Any] = [e for e in map(events.feed, lines) if e is not None]
     assert _value(*got[0]) == {"a": 1}
     with pytest.raises(FunctionError) as info:
         _value(*got[1])
     assert info.value.exc_type == "ValueError"
+    assert info.value.traceback.splitlines()[-1] == "ValueError: x"
+    assert "Remote traceback" in str(info.value)
