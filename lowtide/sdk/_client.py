@@ -370,18 +370,27 @@ class Endpoint:
         return self(**kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        """Call a generator endpoint: `for item in ep.stream(...)` gets each yielded value
-        as it is yielded (bytes in the pieces they arrive in). Leaving the loop early
-        closes the generator in the replica."""
-        content_type, body = encode_call(self.params, args, kwargs)
-        return _stream.stream(self.client._http, self.client.invoke_url(self.name),
-                              content_type, body, self.key,
-                              self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
+        """Call a generator endpoint (or a class's generator `__call__`): `for item in
+        ep.stream(...)` gets each yielded value as it is yielded (bytes in the pieces they
+        arrive in). Leaving the loop early closes the generator in the replica. A
+        generator method: `ep.tokens.stream(...)`."""
+        return self._stream("", self.params, args, kwargs)
 
     def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """`async for item in ep.astream(...)`: `stream` for asyncio code."""
-        content_type, body = encode_call(self.params, args, kwargs)
-        return _stream.astream(self.client.invoke_url(self.name), content_type, body,
+        return self._astream("", self.params, args, kwargs)
+
+    def _stream(self, method: str, params: list[str] | None, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Iterator[Any]:
+        content_type, body = encode_call(params, args, kwargs)
+        return _stream.stream(self.client._http, self.client.invoke_url(self.name, method),
+                              content_type, body, self.key,
+                              self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
+
+    def _astream(self, method: str, params: list[str] | None, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        content_type, body = encode_call(params, args, kwargs)
+        return _stream.astream(self.client.invoke_url(self.name, method), content_type, body,
                                self.key, self.timeout_s + QUEUE_WAIT_ALLOWANCE_S)
 
     def submit(self, *args: Any, **kwargs: Any) -> Handle:
@@ -445,7 +454,9 @@ class Endpoint:
 
 
 class Method:
-    """One method of a class deployment: `m(...)`, `m.call(**kw)`, `m.submit(...)`."""
+    """One method of a class deployment: `m(...)`, `m.call(**kw)`, `m.submit(...)`, and
+    for a generator method `for item in m.stream(...)` / `async for item in
+    m.astream(...)`."""
 
     def __init__(self, endpoint: Endpoint, name: str, params: list[str] | None) -> None:
         self.endpoint = endpoint
@@ -463,6 +474,13 @@ class Method:
 
     def submit(self, *args: Any, **kwargs: Any) -> Handle:
         return self.endpoint._submit(self.name, self.params, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Each value the generator method yields, as it is yielded (`Endpoint.stream`)."""
+        return self.endpoint._stream(self.name, self.params, args, kwargs)
+
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        return self.endpoint._astream(self.name, self.params, args, kwargs)
 
 
 def default_name(fn: Callable[..., Any] | type) -> str:

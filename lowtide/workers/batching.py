@@ -1,5 +1,5 @@
-"""The replica's batch loop for a `@lowtide.batched` function: callers' items in, one call
-per batch, each caller's own answer out.
+"""The replica's batch loop for a `@lowtide.batched` function or method (one `Batcher`
+each): callers' items in, one call per batch, each caller's own answer out.
 
 Thin: every decision (how many, how long to wait) is `batcher.BatchPolicy`'s. Items come
 from direct calls and from the stream puller alike (both hold one replica slot per item),
@@ -88,11 +88,13 @@ class BatchStats:
 class Batcher:
     def __init__(self, fn: LoadedFunction, spec: BatchSpec, executor: Executor | None,
                  endpoint: str = "", clock: Callable[[], float] = time.monotonic,
-                 fixed_wait_s: float | None = None) -> None:
+                 fixed_wait_s: float | None = None, name: str = "") -> None:
+        """`name`: the metrics' `function` label (a class's method name; default the
+        function's name)."""
         self.fn = fn
         self.policy = BatchPolicy(spec.max_batch_size) if fixed_wait_s is None else (
             FixedWaitPolicy(fixed_wait_s, spec.max_batch_size))
-        self.stats = BatchStats(endpoint, getattr(fn.fn, "__name__", "function"))
+        self.stats = BatchStats(endpoint, name or getattr(fn.fn, "__name__", "function"))
         self._executor = executor
         self._clock = clock
         self._queue: deque[_Item] = deque()

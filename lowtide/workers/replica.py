@@ -15,7 +15,9 @@ request it runs, direct or pulled, so one learner sees the replica's whole load 
 number of activators feed it. The limit gates stream pulls and refuses direct calls over it
 (503 with `X-Lowtide-Busy`: the activator buffers those); it travels to the activators in
 the headers of every direct answer and in the replica record (`limit`, the autoscaler's
-input), and the heartbeat carries it with in-flight and the no-load latency.
+input), and the heartbeat carries it with in-flight and the no-load latency. Batched
+functions and methods (one batcher each) and generators (streamed answers) are per callable
+(`features.Features`); with batched callables the limit counts items across the replica.
 """
 
 from __future__ import annotations
@@ -33,17 +35,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from .. import _keys
-from .._batched import batch_spec
 from .._protocol import QueuedRequest, Result
 from .._redis import Backoff, async_redis
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
-from .batching import Batcher
 from .blobcache import use_model_store
+from .features import Features
 from .puller import StreamPuller
 from .replica_settings import ReplicaSettings
-from .runtime import LoadedFunction, execute, queue_expired_result
+from .runtime import execute, queue_expired_result
 from .slots import Slots
-from .streaming import ChunkStream, is_streaming, open_direct, relay_queued
+from .streaming import ChunkStream, open_direct, relay_queued
 from .target import Target, load_artifact
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,9 @@ class Replica:
         self.limiter = GradientLimiter(settings.limiter, now=time.monotonic())
         # threads start on demand; enough for a sync function at the largest limit
         self.executor = ThreadPoolExecutor(settings.limiter.max_limit, thread_name_prefix="fn")
-        self.batcher: Batcher | None = None  # a batched function's (set by load_target)
-        self.fn: LoadedFunction | None = None  # a function's (not a class's), for the above
+        # per callable: a batcher for each batched one, which ones stream (set by load_target)
+        self.features = Features({}, frozenset(), plain=True)
         self.slots = Slots(self._admit_limit())
-        self.streams = False  # a generator function: answers stream (set by load_target)
         self._recorded_limit = 0  # the limit last written to the replica record
         self.redis: Redis = async_redis(settings.redis_url)
         self.consumer = f"{settings.replica_id}.{os.getpid()}"
@@ -95,25 +95,14 @@ class Replica:
         self.phases["load_s"] = built - started
         self.target = await asyncio.to_thread(Target.build, obj)
         self.phases["setup_s"] = time.time() - built
-        if not self.target.class_name:  # batching and streaming: functions, for now
-            self._function_features(self.target.methods[""])
+        # batched callables' limits count items and come from their batch policies
+        self.features = Features.build(self.target.methods, bool(self.target.class_name),
+                                       self.executor, self.settings.endpoint,
+                                       self.settings.batch_fixed_wait_s)
+        self.slots.set_limit(self._admit_limit())
         if self.target.class_name:
             log.info("built %s in %.3f s", self.target.class_name, self.phases["setup_s"])
         return self.target
-
-    def _function_features(self, fn: LoadedFunction) -> None:
-        self.fn = fn
-        self.streams = is_streaming(fn)
-        spec = batch_spec(fn.fn)
-        if spec is not None:
-            # a batched function's limit counts items and comes from its batch policy
-            self.batcher = Batcher(fn, spec, self.executor, self.settings.endpoint,
-                                   fixed_wait_s=self.settings.batch_fixed_wait_s)
-            self.slots.set_limit(self._admit_limit())
-
-    def _function(self) -> LoadedFunction:
-        assert self.fn is not None, "a function deployment's replica, once loaded"
-        return self.fn
 
     async def start(self) -> None:
         """Load, then register as ready; while Redis is away, wait for it (with backoff)
@@ -180,8 +169,7 @@ class Replica:
         self._stop.set()
         await self.puller.drain(s.drain_s)
         await self.slots.wait_idle(s.drain_s)
-        if self.batcher is not None:
-            await self.batcher.stop()
+        await self.features.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -227,42 +215,50 @@ class Replica:
         late_s = time.time() - request.start_by
         if late_s > 0:
             return queue_expired_result(late_s)
-        if self.streams and not request.method:
-            return await relay_queued(self.redis, self._function(), request, self.executor)
+        fn = self.target.get(request.method) if self.target is not None else None
+        if fn is not None and self.features.streams(request.method):
+            return await relay_queued(self.redis, fn, request, self.executor)
         return await self._measured(request.method, request.content_type, request.body,
                                     request.timeout_s, time.monotonic() - late_s)
 
     async def _measured(self, method: str, content_type: str, body: bytes, timeout_s: float,
                         start_by: float | None = None) -> Result:
         """Execute one call (its slot already taken) and feed its latency to the limiter;
-        a batched function's item joins a batch (its policy learns from whole batches)."""
+        a batched callable's item joins its batches (its policy learns from whole batches)."""
         assert self.target is not None, "called before the replica was ready"
         fn = self.target.get(method)
         if fn is None:
             return self.target.not_found(method)
+        batcher = self.features.batcher(method)
         in_flight = self.slots.in_use
         started = time.monotonic()
         try:
-            if self.batcher is not None:
-                result = await self.batcher.submit(content_type, body, timeout_s, start_by)
+            if batcher is not None:
+                result = await batcher.submit(content_type, body, timeout_s, start_by)
             else:
                 result = await execute(fn, content_type, body, timeout_s, self.executor)
         finally:
             self.last_done_at = time.time()
-        if self.batcher is not None:
-            self.slots.set_limit(self.batcher.item_limit)
-        elif result.status != 400:  # refused input says nothing about load
+        if batcher is None and result.status != 400:  # refused input says nothing of load
             now = time.monotonic()
             self.limiter.on_sample(now - started, in_flight, now)
-            self.slots.set_limit(self.limiter.admit_limit)
+        self.slots.set_limit(self._admit_limit())
         if not self._first_done:
             await self._note_first_response()
         return result
 
+    def streams(self, method: str) -> bool:
+        """Whether a call of `method` ("" for __call__ or the function) streams."""
+        return self.features.streams(method)
+
     async def open_stream(self, content_type: str, body: bytes, timeout_s: float,
-                          accept: str) -> Result | ChunkStream | None:
-        """Start a direct streamed call (None: at the limit); the time to its first chunk
-        is the limiter's sample."""
+                          accept: str, method: str = "") -> Result | ChunkStream | None:
+        """Start a direct streamed call of a generator (None: at the limit); the time to
+        its first chunk is the limiter's sample."""
+        assert self.target is not None, "called before the replica was ready"
+        fn = self.target.get(method)
+        if fn is None:
+            return self.target.not_found(method)
         in_flight = self.slots.in_use + 1
 
         def first(latency_s: float) -> None:
@@ -271,14 +267,14 @@ class Replica:
             self.limiter.on_sample(latency_s, in_flight, now)
             self.slots.set_limit(self._admit_limit())
 
-        return await open_direct(self._function(), self.slots, self.executor, content_type, body,
+        return await open_direct(fn, self.slots, self.executor, content_type, body,
                                  timeout_s, accept, self.load_headers(), first)
 
     def _limit(self) -> int:
-        return self.limiter.limit if self.batcher is None else self.batcher.item_limit
+        return self.features.limit(self.limiter.limit)
 
     def _admit_limit(self) -> int:
-        return self.limiter.admit_limit if self.batcher is None else self.batcher.item_limit
+        return self.features.limit(self.limiter.admit_limit)
 
     def load_headers(self) -> dict[str, str]:
         """The learned limit, for the activator that proxied a direct call."""
@@ -290,15 +286,13 @@ class Replica:
     def load(self) -> dict[str, object]:
         """The heartbeat's view of the load: in flight, learned limit, latencies."""
         lim = self.limiter
-        batch = {} if self.batcher is None else {"batch": self.batcher.view()}
         return {"pid": os.getpid(), "in_flight": self.slots.in_use, "limit": self._limit(),
-                "admit_limit": self._admit_limit(), "probing": lim.probing, **batch,
+                "admit_limit": self._admit_limit(), "probing": lim.probing,
+                **self.features.view(),
                 "no_load_ms": None if lim.no_load_s is None else round(lim.no_load_s * 1000, 3),
                 "recent_ms": None if lim.recent_s is None else round(lim.recent_s * 1000, 3),
-                "limit_reason": lim.reason if self.batcher is None else
-                f"two batches of {self.batcher.policy.cap()} "
-                f"({self.batcher.policy.cap_reason})", "last_done_at": self.last_done_at,
-                "at": time.time()}
+                "limit_reason": self.features.limit_reason(lim.reason),
+                "last_done_at": self.last_done_at, "at": time.time()}
 
     # ---- registration -----------------------------------------------------------------
     async def _set_state(self, state: str) -> None:

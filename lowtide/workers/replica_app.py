@@ -140,9 +140,9 @@ async def _invoke(request: Request) -> Response:
         timeout_s = DEFAULT_TIMEOUT_S
     content_type = request.headers.get("content-type", "")
     method = request.headers.get(METHOD_HEADER, "")
-    if replica.streams and not method:
+    if replica.streams(method):
         answer = await replica.open_stream(content_type, body, timeout_s,
-                                           request.headers.get("accept", ""))
+                                           request.headers.get("accept", ""), method)
         if isinstance(answer, ChunkStream):
             return answer
         result = answer

@@ -11,11 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 import lowtide
 from lowtide._batched import BatchSpec, batch_spec
 from lowtide._protocol import JSON, Result
+from lowtide.workers.batching import REGISTRY as BATCH_METRICS
 from lowtide.workers.batching import Batcher, split_outputs
+from lowtide.workers.features import Features, combined_limit
 from lowtide.workers.runtime import LoadedFunction
 
 
@@ -195,3 +198,73 @@ def test_a_batched_method_of_an_instance(executor: ThreadPoolExecutor) -> None:
     results = asyncio.run(call_all(Batcher(loaded(method), spec, executor),
                                    [b'{"x": 1}', b'{"x": 2}']))
     assert [body(r) for r in results] == [101, 102]
+
+
+# ---- per method: a class's batched, streaming and plain methods ----------------------------
+@pytest.mark.parametrize(("plain", "batches", "expected"), [
+    (7, [], 7),  # nothing batched: the limiter's limit alone
+    (None, [16], 16),  # only batched callables: their item limits
+    (None, [16, 8], 24),  # each batcher admits its own two batches
+    (4, [16], 20),  # unbatched methods run beside the batches
+])
+def test_combined_limit_counts_items_across_methods(plain: int | None, batches: list[int],
+                                                    expected: int) -> None:
+    assert combined_limit(plain, batches) == expected
+
+
+def test_a_class_gets_a_batcher_per_batched_method(executor: ThreadPoolExecutor) -> None:
+    class Model:
+        @lowtide.batched
+        def embed(self, texts: list[str]) -> list[int]:
+            return [len(t) for t in texts]
+
+        @lowtide.batched(max_batch_size=4)
+        def __call__(self, x: list[int]) -> list[int]:
+            return [v + 1 for v in x]
+
+        def tokens(self, n: int) -> Iterator[int]:
+            yield from range(n)
+
+        def info(self) -> str:
+            return "plain"
+
+    instance = Model()
+    methods = {"": loaded(instance.__call__), "embed": loaded(instance.embed),
+               "tokens": loaded(instance.tokens), "info": loaded(instance.info)}
+    features = Features.build(methods, True, executor, "ep")
+    assert set(features.batchers) == {"", "embed"}
+    assert features.streaming == {"tokens"} and features.streams("tokens")
+    assert not features.streams("") and features.batcher("info") is None
+    assert features.plain  # tokens and info are limited by the limiter
+    item_limits = [b.item_limit for b in features.batchers.values()]
+    assert features.limit(5) == sum(item_limits) + 5
+    assert set(features.view()["batches"]) == {"__call__", "embed"}  # type: ignore[arg-type]
+    assert "embed: two batches of" in features.limit_reason("learned")
+
+    async def both() -> tuple[list[Result], list[Result]]:
+        try:
+            return await asyncio.gather(
+                asyncio.gather(*(features.batchers["embed"].submit(JSON, b'{"texts": "%s"}'
+                                                                   % (b"x" * i), 5.0)
+                                 for i in range(1, 6))),
+                asyncio.gather(*(features.batchers[""].submit(JSON, b'{"x": %d}' % i, 5.0)
+                                 for i in range(5))))
+        finally:
+            await features.stop()
+
+    embedded, called = asyncio.run(both())
+    assert [body(r) for r in embedded] == [1, 2, 3, 4, 5]
+    assert [body(r) for r in called] == [1, 2, 3, 4, 5]
+    text = generate_latest(BATCH_METRICS).decode()
+    assert 'lowtide_batch_size_count{endpoint="ep",function="embed"}' in text
+    assert 'lowtide_batch_size_count{endpoint="ep",function="__call__"}' in text
+
+
+def test_a_batched_function_keeps_its_single_view(executor: ThreadPoolExecutor) -> None:
+    @lowtide.batched
+    def embed(texts: list[str]) -> list[int]:
+        return [len(t) for t in texts]
+
+    features = Features.build({"": loaded(embed)}, False, executor, "fn-ep")
+    assert not features.plain and features.limit(99) == features.batchers[""].item_limit
+    assert "fixed_ms" in features.view()["batch"]  # type: ignore[operator]
