@@ -13,12 +13,18 @@ event), the latency of the list's first page (100 names), and the time it took t
 the level's endpoints.
 
 How the endpoints are deployed: the probe and the busy endpoints go through the SDK
-(`lowtide.deploy`, one by one; their mean time per deploy is printed). The thousands of idle
-ones are registered in bulk by this script: it writes, in pipelines, the same keys the
-deploy API writes (the probe's spec and artifact manifest under each name, its stream and
-consumer group, the name indexes), with `updated_at` an hour back (deployed earlier, idle
-since); the platform finds them at its next resync (30 s), as after a missed event. The
-table shows that registration time and the SDK's time per deploy times the count.
+(`lowtide.deploy`, one by one; their mean time per deploy is printed). Levels up to
+`--sdk-upto` (1,000) are deployed through the SDK too, four callers at once (the real
+path; the time is in the table). Larger levels are registered in bulk by this script: it
+writes, in pipelines, the same keys the deploy API writes (the probe's spec and artifact
+manifest under each name, its stream and consumer group, the name indexes), with
+`updated_at` an hour back (deployed earlier, idle since); the platform finds them at its
+next resync (30 s), as after a missed event.
+
+Each level is measured in the steady state: after the platform has looked once at every
+new endpoint (a pass over thousands when they are found), i.e. when its looks per second
+(`lowtide_platform_reconciles_total`) have come down to the busy endpoints' for two
+3-second windows in a row.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +93,14 @@ class Bench:
             self.client.deploy(double, name=name, cpu=0.1, memory="256Mi")
         return (time.perf_counter() - t0) / max(1, len(names))
 
+    def sdk_deploy_many(self, names: list[str], threads: int = 4) -> float:
+        """The real path, several callers at once: seconds for all of `names`."""
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda name: self.client.deploy(double, name=name, cpu=0.1,
+                                                          memory="256Mi"), names))
+        return time.perf_counter() - t0
+
     def register(self, names: list[str], like: str) -> float:
         """Bulk: the keys the deploy API writes, for each name, in pipelines."""
         spec = json.loads(self.redis.hget(_keys.deployment(like), "spec"))
@@ -124,6 +139,23 @@ class Bench:
         assert platform is not None
         return {"platform_rss": psutil.Process(platform.pid).memory_info().rss,
                 "redis_used": float(self.redis.info("memory")["used_memory"])}
+
+    def settle(self, busy: int, window_s: float = 3.0, timeout_s: float = 900.0) -> float:
+        """Wait for the steady state: the platform's looks per second (reconciliations) at
+        most the busy endpoints' (plus slack) over two windows in a row. New endpoints are
+        looked at once when the platform finds them (a pass over thousands), and the gauges
+        are set only at the end of a pass: the rate is what says the pass is over."""
+        t0 = time.perf_counter()
+        calm = 0
+        before = self.metric("lowtide_platform_reconciles_total")
+        while calm < 2:
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"the platform did not settle in {timeout_s:.0f} s")
+            time.sleep(window_s)
+            now = self.metric("lowtide_platform_reconciles_total")
+            calm = calm + 1 if (now - before) / window_s <= busy * 1.5 + 2 else 0
+            before = now
+        return time.perf_counter() - t0
 
     def list_ms(self, query: str, n: int = 20) -> list[float]:
         out = []
@@ -193,7 +225,9 @@ def measure_level(b: Bench, n: int, args: argparse.Namespace, sdk_s: float,
     del known
     wait_until(lambda: b.metric("lowtide_platform_endpoints", '{state="active"}') <= busy + 1,
                "the idle endpoints to go quiet", 180)
-    time.sleep(2.0)
+    settle_s = b.settle(busy + 1)
+    print(f"level {n}: the platform settled {settle_s:.0f} s after the level was known",
+          file=sys.stderr)
     looks_before = b.metric("lowtide_platform_reconciles_total")
     cpu = b.cpu_cores(args.idle_s)
     looks = b.metric("lowtide_platform_reconciles_total") - looks_before
@@ -221,6 +255,9 @@ def main() -> None:
     p.add_argument("--busy-rps", type=float, default=2.0, help="calls/s to each busy one")
     p.add_argument("--idle-s", type=float, default=10.0, help="CPU measured over this long")
     p.add_argument("--cold", type=int, default=6, help="cold starts of the probe per level")
+    p.add_argument("--sdk-upto", type=int, default=1000,
+                   help="levels up to this many endpoints deploy through the SDK (4 callers "
+                        "at once); larger ones are registered in bulk")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     rows: list[dict[str, Any]] = []
@@ -236,11 +273,19 @@ def main() -> None:
         try:
             for n in levels:
                 names = [f"idle-{i:05d}" for i in range(have - 1, n - 1)]
-                register_s = b.register(names, "probe") if names else 0.0
+                how = "deployed through the SDK" if n <= args.sdk_upto else "registered"
+                if not names:
+                    took = 0.0
+                elif n <= args.sdk_upto:
+                    took = b.sdk_deploy_many(names)
+                else:
+                    took = b.register(names, "probe")
                 have = n
-                print(f"level {n}: registered {len(names)} in {register_s:.1f} s; measuring",
+                print(f"level {n}: {how} {len(names)} in {took:.1f} s; measuring",
                       file=sys.stderr)
-                rows.append(measure_level(b, n, args, sdk_s, register_s, args.busy))
+                row = measure_level(b, n, args, sdk_s, took, args.busy)
+                row["how"] = "SDK" if n <= args.sdk_upto else "bulk"
+                rows.append(row)
             per_key = redis_key_bytes(b, "idle-00000") if have > 1 else {}
         finally:
             load.close()
@@ -254,7 +299,7 @@ def report(rows: list[dict[str, Any]], per_key: dict[str, int], sdk_s: float,
     out = [["idle endpoints", "platform CPU", "Redis CPU", "activator CPU", "looks/s",
             "platform RSS MiB", "Redis MiB", "cold p50 ms", "cold p99 ms", "p50 / 1-ep",
             "wake->decision p50 ms", "list page p50 ms", "list p99 ms", "idle page p50 ms",
-            "register s", "SDK deploy est. s", "load avg"]]
+            "added in s (how)", "SDK deploy est. s", "load avg"]]
     for r in rows:
         cold = summary_ms(r["cold"])
         wake = [w * 1000 for w in r["wake"]]
@@ -265,7 +310,7 @@ def report(rows: list[dict[str, Any]], per_key: dict[str, int], sdk_s: float,
             f"{cold['p50']:.0f}", f"{cold['p99']:.0f}", f"{cold['p50'] / base:.2f}x",
             f"{percentile(wake, 50):.1f}", f"{summary_ms(r['list'])['p50']:.1f}",
             f"{summary_ms(r['list'])['p99']:.1f}", f"{summary_ms(r['list_idle'])['p50']:.1f}",
-            f"{r['register_s']:.1f}", f"{r['deploy_sdk_s']:.0f}", f"{r['load']:.1f}"])
+            f"{r['register_s']:.1f} ({r['how']})", f"{r['deploy_sdk_s']:.0f}", f"{r['load']:.1f}"])
     print(table(out))
     print(f"\n{args.busy} busy endpoints at {args.busy_rps:g} calls/s each throughout; CPU in "
           f"cores over {args.idle_s:g} s; SDK deploy {sdk_s * 1000:.0f} ms each (mean of "

@@ -7,10 +7,12 @@ registered for pickling by value too; installed packages such as numpy stay by r
 
 from __future__ import annotations
 
+import functools
 import inspect
 import site
 import sys
 import sysconfig
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +20,12 @@ from typing import Any
 
 import cloudpickle
 
+# a module's file -> whether it is the user's: resolving every imported module's path cost
+# two thirds of a deploy (~40 ms with a few hundred modules imported); files do not move
+_USER_FILE: dict[str, bool] = {}
 
+
+@functools.cache
 def _installed_roots() -> list[Path]:
     paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.update(site.getsitepackages())
@@ -35,21 +42,35 @@ def is_user_module(module: ModuleType, roots: list[Path] | None = None) -> bool:
     file = getattr(module, "__file__", None)
     if not file:
         return False
+    if roots is None and file in _USER_FILE:
+        return _USER_FILE[file]
     path = Path(file).resolve()
-    return not any(path.is_relative_to(root) for root in (roots or _installed_roots()))
+    mine = not any(path.is_relative_to(root) for root in (roots or _installed_roots()))
+    if roots is None:
+        _USER_FILE[file] = mine
+    return mine
 
 
 def user_modules() -> list[str]:
     """Top-level names of the user's own imported modules."""
-    roots = _installed_roots()
     tops = set()
     for name, module in list(sys.modules.items()):
-        if module is not None and "." not in name and is_user_module(module, roots):
+        if module is not None and "." not in name and is_user_module(module):
             tops.add(name)
     return sorted(tops)
 
 
+# cloudpickle's by-value registry is global: deploys from several threads at once would
+# unregister each other's modules mid-pickle (seen: "is not registered for pickle by value")
+_PICKLING = threading.Lock()
+
+
 def pickle_function(fn: Callable[..., Any]) -> bytes:
+    with _PICKLING:
+        return _pickle_by_value(fn)
+
+
+def _pickle_by_value(fn: Callable[..., Any]) -> bytes:
     registered = []
     for name in user_modules():
         try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -178,3 +179,20 @@ def test_pickle_function_leaves_the_registry_as_it_found_it(user_app: ModuleType
     pickle_function(user_app.predict)
     assert set(cloudpickle.list_registry_pickle_by_value()) == before
     assert user_app.__name__ not in cloudpickle.list_registry_pickle_by_value()
+
+
+def test_pickling_from_several_threads_at_once(user_app: ModuleType) -> None:
+    """cloudpickle's by-value registry is global: deploys in threads must not unregister
+    each other's modules mid-pickle (a ValueError before the lock) nor ship a pickle that
+    refers to a user module by name."""
+    before = set(cloudpickle.list_registry_pickle_by_value())
+
+    def pickle_many(_: int) -> list[bytes]:
+        return [pickle_function(user_app.predict) for _ in range(30)]
+
+    with ThreadPoolExecutor(8) as pool:
+        pickles = [p for batch in pool.map(pickle_many, range(8)) for p in batch]
+    assert len(pickles) == 240
+    by_name = cloudpickle.dumps(user_app.predict)
+    assert all(len(p) > len(by_name) for p in pickles)  # each carries the modules' code
+    assert set(cloudpickle.list_registry_pickle_by_value()) == before
