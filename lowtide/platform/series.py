@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -86,21 +88,22 @@ class Bucket:
     """The looks and latency counts of one step of one resolution."""
 
     start: float
-    looks: int = 0
+    looks: float = 0
     sums: dict[str, float] = field(default_factory=dict)
-    counted: dict[str, int] = field(default_factory=dict)
+    counted: dict[str, float] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)  # max or last, by GAUGES
     latency: dict[int, int] = field(default_factory=dict)
 
-    def add(self, look: dict[str, float | None]) -> None:
-        self.looks += 1
+    def add(self, look: dict[str, float | None], weight: float = 1) -> None:
+        """One look, or `weight` identical ones (the seconds an endpoint sat at zero)."""
+        self.looks += weight
         for key, how in GAUGES.items():
             value = look.get(key)
             if value is None:
                 continue
             if how == MEAN:
-                self.sums[key] = self.sums.get(key, 0.0) + value
-                self.counted[key] = self.counted.get(key, 0) + 1
+                self.sums[key] = self.sums.get(key, 0.0) + value * weight
+                self.counted[key] = self.counted.get(key, 0) + weight
             elif how == MAX:
                 self.values[key] = max(value, self.values.get(key, value))
             else:
@@ -174,6 +177,8 @@ class _Endpoint:
     look: dict[str, float | None]
     recent: deque[tuple[float, float, dict[int, int]]]  # (at, rps, latency counts)
     latency_read: dict[int, int] | None = None  # the cumulative counts at the last read
+    zero_from: float = 0.0  # parked: at zero since, no look added from then on
+    close_at: float = 0.0  # parked: when its last open bucket ends (the heap's key)
 
 
 class SeriesRecorder:
@@ -185,12 +190,20 @@ class SeriesRecorder:
         self.clock = clock
         self.interval_s = interval_s
         self._endpoints: dict[str, _Endpoint] = {}
+        # endpoints at zero the scaler does not look at: nothing per step; their open
+        # buckets are closed (filled with the seconds at zero) when the last one ends
+        self._parked: dict[str, _Endpoint] = {}
+        self._closing: list[tuple[float, str]] = []  # heap of (close_at, name)
         self._closed: list[tuple[str, Tier, dict[str, Any]]] = []
 
     def observe(self, name: str, obs: Observation, decision: Decision, now: float) -> None:
         """The scaler's hook: one look, in memory."""
         look = gauges(obs, decision)
         ep = self._endpoints.get(name)
+        if ep is None and name in self._parked:
+            ep = self._parked.pop(name)
+            self._fill_zero(name, ep, now)
+            self._endpoints[name] = ep
         if ep is None:
             ep = self._endpoints[name] = _Endpoint(Accumulator(), now, look, deque())
         ep.seen_at, ep.look = now, look
@@ -207,16 +220,24 @@ class SeriesRecorder:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
     async def step(self, now: float) -> None:
-        """Read the latency counts of the endpoints in view, write the closed buckets."""
+        """Read the latency counts of the endpoints in view, write the closed buckets.
+        The cost follows the endpoints the scaler looks at: one at zero that it no longer
+        looks at (until its next request) is parked, and costs nothing until its open
+        buckets end; `read` draws the time at zero that follows."""
         names = []
         for name, ep in list(self._endpoints.items()):
             if now - ep.seen_at <= UNSEEN_S:
                 names.append(name)
-            elif at_zero(ep.look):  # the scaler looks at it again on its next request
-                still = {**ep.look, "rps": 0.0, "oldest_wait_s": 0.0, "cpu": None, "gpu": None}
-                self._closed.extend((name, tier, p) for tier, p in ep.acc.add(now, still))
+            elif at_zero(ep.look):
+                self._park(name, ep, now)
             elif now - ep.seen_at > FORGET_S:
                 del self._endpoints[name]
+        while self._closing and self._closing[0][0] <= now:
+            close_at, name = heapq.heappop(self._closing)
+            parked = self._parked.get(name)
+            if parked is not None and parked.close_at == close_at:
+                self._fill_zero(name, parked, close_at)
+                del self._parked[name]
         names.sort()
         if names:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -226,6 +247,35 @@ class SeriesRecorder:
             for name, raw in zip(names, reads, strict=True):
                 self._add_latency(name, {int(k): int(v) for k, v in raw.items()}, now)
         await self._write()
+
+    def _park(self, name: str, ep: _Endpoint, now: float) -> None:
+        del self._endpoints[name]
+        ends = [b.start + t.step_s for t in ep.acc.tiers
+                if (b := ep.acc.open.get(t.name)) is not None and b.looks]
+        if not ends:
+            return
+        ep.zero_from, ep.close_at = now, max(ends)
+        self._parked[name] = ep
+        heapq.heappush(self._closing, (ep.close_at, name))
+
+    def _fill_zero(self, name: str, ep: _Endpoint, until: float) -> None:
+        """Add the looks at zero from `ep.zero_from` to `until` (one per step, as if the
+        recorder had looked) to the open buckets, and close those that ended: the buckets
+        after them held nothing but zero, and are not written."""
+        still = {**ep.look, "rps": 0.0, "oldest_wait_s": 0.0, "cpu": None, "gpu": None}
+        for tier in ep.acc.tiers:
+            bucket = ep.acc.open.get(tier.name)
+            if bucket is None:
+                continue
+            end = bucket.start + tier.step_s
+            looks = math.ceil((min(until, end) - ep.zero_from) / self.interval_s - 1e-9)
+            if looks > 0:
+                bucket.add(still, looks)
+            if until >= end:
+                if bucket.looks:
+                    self._closed.append((name, tier, bucket.point()))
+                del ep.acc.open[tier.name]
+        ep.zero_from = until
 
     def _add_latency(self, name: str, cumulative: dict[int, int], now: float) -> None:
         ep = self._endpoints[name]
@@ -268,17 +318,54 @@ class SeriesRecorder:
         raw = await self.redis.lrange(_keys.series(name, tier.name), 0, -1)
         points = [json.loads(p) for p in raw]
         ep = self._endpoints.get(name)
+        if ep is None:
+            ep = self._parked.get(name)
         partial = ep.acc.partial(tier.name) if ep is not None else None
         if partial is not None:
             points.append(partial)
+        points = at_zero_filled(points, tier, self.clock(), still=name not in self._endpoints)
         return {"window": tier.name, "step_s": tier.step_s, "columns": columns(points)}
 
     def looks(self) -> dict[str, dict[str, float | None]]:
-        """The last look at each endpoint in view."""
-        return {name: ep.look for name, ep in list(self._endpoints.items())}
+        """The last look at each endpoint in view (parked ones included until their
+        buckets close)."""
+        return {name: ep.look for name, ep in [*self._endpoints.items(),
+                                                 *self._parked.items()]}
+
+    def stepped(self) -> int:
+        """How many endpoints each step reads: those the scaler looks at."""
+        return len(self._endpoints)
 
     def forget(self, name: str) -> None:
         self._endpoints.pop(name, None)
+        self._parked.pop(name, None)
+
+
+def at_zero_filled(points: list[dict[str, Any]], tier: Tier, now: float, still: bool
+                   ) -> list[dict[str, Any]]:
+    """The stored points with the steps at zero that were not written put back: after a
+    point at zero, an endpoint stays at zero until its next point (a request would have
+    brought the scaler's looks, hence points); after the last one, until now when `still`
+    (the recorder is not looking at it). At most the tier's `keep` points."""
+    ordered = sorted({p["t"]: p for p in points}.values(), key=lambda p: p["t"])
+    first = now - now % tier.step_s - tier.step_s * tier.keep
+    out: list[dict[str, Any]] = []
+    for i, point in enumerate(ordered):
+        out.append(point)
+        if not at_zero(point):
+            continue
+        upto = ordered[i + 1]["t"] if i + 1 < len(ordered) else (now if still else point["t"])
+        t = max(point["t"] + tier.step_s, first)
+        while t + tier.step_s <= upto or (i + 1 < len(ordered) and t < upto):
+            out.append(_zero_point(t, point))
+            t += tier.step_s
+    return out[-tier.keep:]
+
+
+def _zero_point(t: float, like: dict[str, Any]) -> dict[str, Any]:
+    return {"t": t, "rps": 0.0, "ready": 0, "desired": 0, "queued": 0, "oldest_wait_s": 0.0,
+            "in_flight": 0, "cpu": None, "gpu": None, "limit": like.get("limit"),
+            "p50_ms": None, "p99_ms": None, "calls": 0}
 
 
 async def delete(redis: Redis, name: str) -> None:

@@ -133,22 +133,62 @@ async def test_the_recorder_writes_bounded_points_that_a_new_recorder_reads(
         await redis.aclose()
 
 
-async def test_an_endpoint_at_zero_stays_charted_while_the_scaler_does_not_look(
+async def test_an_endpoint_at_zero_costs_nothing_per_step_and_stays_charted(
         own_redis_url: str) -> None:
+    """Busy for a minute, then at zero and never looked at again: from then on no step
+    reads or adds anything for it; its open buckets close with the seconds at zero counted
+    (the 4-minute bucket's mean rate is a quarter of the busy minute's), and the chart
+    still shows it at zero up to now."""
     redis = async_redis(own_redis_url)
+    now = [0.0]
     try:
         await redis.hset(_keys.deployment("quiet"), "spec", "{}")
-        rec = SeriesRecorder(redis)
-        t0 = 2_000_000.0
+        rec = SeriesRecorder(redis, clock=lambda: now[0])
+        t0 = 2_000_160.0  # a 240 s (24h tier) boundary
         zero = Observation(desired=0, ready=0, starting=0, queued=0, oldest_wait_s=0.0,
                            in_flight=0, last_activity_at=0.0, limit=8)
-        rec.observe("quiet", zero, Decision(0, "steady", ""), t0)
-        rec.observe("busy", obs(2.0), Decision(1, "steady", ""), t0)
-        for s in range(1, 100):  # the scaler looks at neither again
+        for s in range(60):
+            rec.observe("quiet", obs(2.0), Decision(1, "steady", ""), t0 + s)
             await rec.step(t0 + s)
-        assert await redis.llen(_keys.series("quiet", "10m")) == 49
-        assert "busy" not in rec.looks()  # forgotten: it was not at zero
+        rec.observe("quiet", zero, Decision(0, "steady", ""), t0 + 60)
+        for i in range(1000):  # deployed, looked at once, at zero since
+            rec.observe(f"idle-{i}", zero, Decision(0, "steady", ""), t0 + 60)
+        for s in range(61, 400):
+            await rec.step(t0 + s)
+            if s == 70:
+                assert rec.stepped() == 0  # parked: nothing is read or added per step
+        assert "quiet" not in rec.looks() and not rec.looks()  # closed and dropped
+        day = [json.loads(p) for p in await redis.lrange(_keys.series("quiet", "24h"), 0, -1)]
+        assert len(day) == 1 and day[0]["t"] == t0 and 0.45 < day[0]["rps"] < 0.55
+        stored = await redis.llen(_keys.series("quiet", "10m"))
+        assert stored <= 32  # the busy minute's buckets, not one per step at zero
+        now[0] = t0 + 400
+        chart = (await rec.read("quiet", "10m"))["columns"]
+        assert len(chart["t"]) >= 195 and chart["t"][-1] >= t0 + 396
+        after = [i for i, t in enumerate(chart["t"]) if t >= t0 + 64]
+        assert after and all(chart["rps"][i] == 0 and chart["ready"][i] == 0 for i in after)
+        assert chart["rps"][0] == 2.0  # the busy minute is still there
+        rec.observe("quiet", obs(1.0), Decision(1, "steady", ""), t0 + 400)  # woken again
+        assert rec.looks()["quiet"]["rps"] == 1.0
     finally:
         await redis.delete(_keys.deployment("quiet"), _keys.series("quiet", "10m"),
                            _keys.series("quiet", "1h"), _keys.series("quiet", "24h"))
         await redis.aclose()
+
+
+def test_at_zero_fill_follows_zero_points_only() -> None:
+    tier = series.Tier("t", 10.0, 6)
+    busy = {"t": 100.0, "rps": 1.0, "ready": 1, "desired": 1, "queued": 0, "in_flight": 1,
+            "limit": 4}
+    quiet = {**busy, "t": 110.0, "rps": 0.0, "ready": 0, "desired": 0, "in_flight": 0}
+    again = {**busy, "t": 150.0}
+    filled = series.at_zero_filled([busy, quiet, again], tier, 175.0, still=False)
+    assert [p["t"] for p in filled] == [100.0, 110.0, 120.0, 130.0, 140.0, 150.0]
+    assert [p["rps"] for p in filled] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # a gap after a point that was not at zero stays a gap (the platform was away)
+    assert [p["t"] for p in series.at_zero_filled([busy, again], tier, 175.0, True)] == \
+        [100.0, 150.0]
+    # after the last point at zero, up to now while the recorder is not looking
+    tail = series.at_zero_filled([quiet], tier, 175.0, still=True)
+    assert [p["t"] for p in tail] == [110.0, 120.0, 130.0, 140.0, 150.0, 160.0]
+    assert all(p["desired"] == 0 and p["limit"] == 4 for p in tail)
