@@ -12,7 +12,6 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from .. import _auth, _keys
 from .._failing import Failing
@@ -29,20 +28,20 @@ from .._http import (
 from .._manifest import Manifest, ManifestError
 from .._protocol import error_result
 from .._spec import (
-    ACCESS_MODES,
     NAME_PATTERN,
     DeploymentSpec,
     SpecError,
-    check_name,
     python_version,
 )
 from ..openapi import add_openapi_route
 from ..workers.puller import ensure_group
 from . import blobs, failing, listing, secrets, series, shards, state, ui, versions
 from . import logs as replica_logs
+from .access import add_access_routes
 from .metrics import SeriesCollector
 from .observe import add_observe_routes
 from .overview import endpoint_state, last_failure
+from .params import endpoint_name, int_query, json_object
 from .replicas import BUSY_CORES
 from .scaler import Scaler
 from .series import SeriesRecorder
@@ -78,14 +77,6 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     _auth.check_token(request.headers.get("Authorization"), request.app["token_digest"])
     return await handler(request)
-
-
-def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    try:
-        return check_name(name)
-    except SpecError:
-        raise NotFound(f"no deployment named {name!r}") from None
 
 
 @dataclass
@@ -212,7 +203,7 @@ class PlatformAPI:
                 "replaced": previous is not None}
 
     async def list_versions(self, request: web.Request) -> web.Response:
-        name = _name(request)
+        name = endpoint_name(request)
         dep = await state.load_deployment(self.redis, name)
         if dep is None:
             raise NotFound(f"no deployment named {name!r}")
@@ -224,8 +215,8 @@ class PlatformAPI:
     async def rollback(self, request: web.Request) -> web.Response:
         """POST {"to": N} (or {}: the version before the current one): deploy a kept
         version's spec and artifacts again, as a new version, without an upload."""
-        name = _name(request)
-        body = await _json_object(request)
+        name = endpoint_name(request)
+        body = await json_object(request)
         to = body.get("to")
         if set(body) - {"to"} or not (to is None or (isinstance(to, int)
                                                      and not isinstance(to, bool))):
@@ -278,7 +269,7 @@ class PlatformAPI:
     async def list(self, request: web.Request) -> web.Response:
         """A page of endpoint summaries in name order: `limit` (100 by default), `cursor`
         (the previous page's `next_cursor`), `state` (active or idle)."""
-        limit = _int_query(request, "limit", 100, 1, listing.MAX_LIMIT)
+        limit = int_query(request, "limit", 100, 1, listing.MAX_LIMIT)
         cursor = request.query.get("cursor") or None
         if cursor is not None and not NAME_PATTERN.fullmatch(cursor):
             raise BadRequest(f"cursor={cursor!r} is not a cursor; pass the previous page's "
@@ -294,7 +285,7 @@ class PlatformAPI:
                               "total": await self.redis.zcard(_keys.DEPLOYMENT_NAMES)})
 
     async def get(self, request: web.Request) -> web.Response:
-        status = await self._status(_name(request))
+        status = await self._status(endpoint_name(request))
         if status is None:
             raise NotFound(f"no deployment named {request.match_info['name']!r}; "
                            "`lowtide ls` lists them")
@@ -358,7 +349,7 @@ class PlatformAPI:
         }
 
     async def delete(self, request: web.Request) -> web.Response:
-        name = _name(request)
+        name = endpoint_name(request)
         dep = await state.load_deployment(self.redis, name)
         if dep is None:
             raise NotFound(f"no deployment named {name!r}")
@@ -405,18 +396,18 @@ class PlatformAPI:
         return len(entries)
 
     async def events(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        limit = _int_query(request, "limit", 100, 1, 1000)
+        name = endpoint_name(request)
+        limit = int_query(request, "limit", 100, 1, 1000)
         if not await self.redis.exists(_keys.deployment(name), _keys.decisions(name)):
             raise NotFound(f"no deployment named {name!r}")
         return json_response({"name": name,
                               "events": await state.read_events(self.redis, name, limit)})
 
     async def logs(self, request: web.Request) -> web.Response:
-        name = _name(request)
+        name = endpoint_name(request)
         after = request.query.get("after", "0-0")
-        limit = _int_query(request, "limit", 500, 1, 5000)
-        wait_ms = _int_query(request, "wait_ms", 0, 0, 30000)
+        limit = int_query(request, "limit", 500, 1, 5000)
+        wait_ms = int_query(request, "wait_ms", 0, 0, 30000)
         if not await self.redis.exists(_keys.deployment(name), _keys.logs(name)):
             raise NotFound(f"no deployment named {name!r}")
         try:
@@ -426,92 +417,6 @@ class PlatformAPI:
         lines = await replica_logs.read_lines(self.redis, _keys.logs(name), after, limit, wait_ms)
         return json_response({"name": name, "lines": lines,
                               "next": lines[-1]["id"] if lines else after})
-
-    async def set_access(self, request: web.Request) -> web.Response:
-        """PATCH {"access": "public" | "key"}: change who may invoke, without a redeploy."""
-        name = _name(request)
-        body = await _json_object(request)
-        unknown = sorted(set(body) - {"access"})
-        if unknown or "access" not in body:
-            raise BadRequest("send {\"access\": \"public\"} or {\"access\": \"key\"}; "
-                             "other fields change with a redeploy")
-        if body["access"] not in ACCESS_MODES:
-            raise BadRequest(f"access={body['access']!r} must be one of "
-                             f"{', '.join(ACCESS_MODES)}")
-        dep = await state.load_deployment(self.redis, name)
-        if dep is None:
-            raise NotFound(f"no deployment named {name!r}")
-        spec = DeploymentSpec.from_dict({**dep.spec.to_dict(), "access": body["access"]})
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(_keys.deployment(name))  # a redeploy meanwhile wins
-                if int(await pipe.hget(_keys.deployment(name), "version") or 0) != dep.version:
-                    raise WatchError
-                pipe.multi()
-                pipe.hset(_keys.deployment(name), "spec", json.dumps(spec.to_dict()))
-                pipe.publish(_keys.ROUTES_CHANNEL, name)
-                await pipe.execute()
-        except WatchError:
-            raise Conflict(f"{name!r} was redeployed or deleted meanwhile; retry") from None
-        if spec.access != dep.spec.access:
-            await state.record_event(self.redis, name, "access",
-                                     f"invoke access {dep.spec.access} -> {spec.access}",
-                                     frm=dep.desired, to=dep.desired)
-        return json_response({"name": name, "access": spec.access})
-
-    # ---- invoke keys ------------------------------------------------------------------
-    async def create_key(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        body = await _json_object(request)
-        label = body.get("label", "")
-        if set(body) - {"label"} or not isinstance(label, str) or (
-                len(label) > _auth.MAX_LABEL_CHARS):
-            raise BadRequest(f"send {{\"label\": \"...\"}} (at most {_auth.MAX_LABEL_CHARS} "
-                             "characters) or an empty body")
-        dep = await state.load_deployment(self.redis, name)
-        if dep is None:
-            raise NotFound(f"no deployment named {name!r}; keys belong to a deployment")
-        if await self.redis.hlen(_keys.invoke_keys(name)) >= _auth.MAX_KEYS_PER_ENDPOINT:
-            raise BadRequest(f"{name!r} already has {_auth.MAX_KEYS_PER_ENDPOINT} keys; revoke "
-                             f"unused ones (`lowtide keys ls {name}`)")
-        new, now = _auth.new_key(), time.time()
-        record = {"id": new.id, "sha256": new.digest_hex, "label": label, "created_at": now}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_keys.invoke_keys(name), new.id, json.dumps(record))
-            pipe.publish(_keys.ROUTES_CHANNEL, name)
-            await pipe.execute()
-        note = ("store the key now: it is shown only this once" + (
-            "" if dep.spec.access == "key" else f"; {name!r} is public until its access is "
-            f"'key' (`lowtide access {name} key`)"))
-        return json_response({"id": new.id, "key": new.key, "label": label, "created_at": now,
-                              "endpoint": name, "access": dep.spec.access, "note": note},
-                             status=201)
-
-    async def list_keys(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        if not await self.redis.exists(_keys.deployment(name)):
-            raise NotFound(f"no deployment named {name!r}")
-        items = []
-        for raw in (await self.redis.hgetall(_keys.invoke_keys(name))).values():
-            rec = json.loads(raw)
-            items.append({"id": rec["id"], "label": rec.get("label", ""),
-                          "created_at": rec.get("created_at"),
-                          "hint": f"lt_{rec['id']}_..."})
-        items.sort(key=lambda k: k["created_at"] or 0)
-        return json_response({"name": name, "keys": items})
-
-    async def revoke_key(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        kid = request.match_info["key_id"]
-        removed = 0
-        if _auth.KEY_ID_PATTERN.fullmatch(kid):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(_keys.invoke_keys(name), kid)
-                pipe.publish(_keys.ROUTES_CHANNEL, name)
-                removed = (await pipe.execute())[0]
-        if not removed:
-            raise NotFound(f"no key {kid!r} for {name!r}; `lowtide keys ls {name}` lists them")
-        return json_response({"name": name, "revoked": kid})
 
     async def platforms(self, request: web.Request) -> web.Response:
         """The platform instances against this Redis, the shards each scales, and the
@@ -525,33 +430,6 @@ class PlatformAPI:
                                      await state.all_replicas(self.redis), time.time())
         return json_response({"hosts": [v for v in views if v["state"] == "live"],
                               "lost": [v for v in views if v["state"] != "live"]})
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body; an empty body is {}."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
-def _int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{key}={raw!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"{key}={value} must be in [{lo}, {hi}]")
-    return value
 
 
 def _failing_view(failed: Failing | None, version: int, now: float) -> dict[str, Any] | None:
@@ -610,10 +488,7 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     app.router.add_get("/v1/deployments", api.list)
     app.router.add_get("/v1/deployments/{name}", api.get)
     app.router.add_delete("/v1/deployments/{name}", api.delete)
-    app.router.add_patch("/v1/deployments/{name}", api.set_access)
-    app.router.add_post("/v1/deployments/{name}/keys", api.create_key)
-    app.router.add_get("/v1/deployments/{name}/keys", api.list_keys)
-    app.router.add_delete("/v1/deployments/{name}/keys/{key_id}", api.revoke_key)
+    add_access_routes(app)
     app.router.add_get("/v1/deployments/{name}/events", api.events)
     app.router.add_get("/v1/deployments/{name}/logs", api.logs)
     app.router.add_get("/v1/deployments/{name}/versions", api.list_versions)
