@@ -31,6 +31,13 @@ def deployment(name: str) -> str:
     return f"{PREFIX}dep:{name}"
 
 
+def deployed_version(name: str) -> str:
+    """String: the deployment's current version, a copy of `deployment(name)`'s field that
+    the endpoint's replicas watch (their Redis user may not read the deployment's hash:
+    it holds the spec, secret names included). Written and deleted with the deployment."""
+    return f"{PREFIX}depver:{name}"
+
+
 def version_counter(name: str) -> str:
     """Counter that is never deleted, so versions stay unique across delete and redeploy."""
     return f"{PREFIX}ver:{name}"

@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from ._home import ClusterConfig
-from ._redisserver import free_port, start_redis_server
+from ._redisserver import free_port, new_password, start_redis_server
 from .workers.procs import die_with_parent_hook, stop_group
 
 if TYPE_CHECKING:
@@ -123,12 +123,13 @@ class LocalComponents:
         self.redis_port = free_port()
         self.redis_dir = home / "redis"
         self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.redis_password = new_password()  # URL-safe: goes into the URL as it is
         activator_port, platform_port = free_port(), free_port()
         self.config = ClusterConfig(
             platform_url=f"http://127.0.0.1:{platform_port}",
             activator_url=f"http://127.0.0.1:{activator_port}",
             token=secrets.token_urlsafe(24),
-            redis_url=f"redis://127.0.0.1:{self.redis_port}/0")
+            redis_url=f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0")
         keep = [] if keep_alive_s is None else ["--keep-alive", f"{keep_alive_s:g}"]
         self.env = {**os.environ, **(env or {}), "LOWTIDE_REDIS_URL": self.config.redis_url,
                     "LOWTIDE_TOKEN": self.config.token, "LOWTIDE_HOME": str(home),
@@ -225,7 +226,7 @@ class LocalComponents:
     # ---- Redis --------------------------------------------------------------------------
     def start_redis(self) -> None:
         self.redis_proc, _url = start_redis_server(self.redis_dir, self.redis_port,
-                                                   appendonly=True)
+                                                   appendonly=True, password=self.redis_password)
 
     def stop_redis(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: Redis syncs its append-only file and exits; SIGKILL: up to a second of

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,10 +43,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def new_password() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def start_redis_server(
-    data_dir: Path, port: int | None = None, *, appendonly: bool = True, wait_s: float = 10.0
+    data_dir: Path, port: int | None = None, *, appendonly: bool = True, wait_s: float = 10.0,
+    password: str = "",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server on 127.0.0.1 with its data in data_dir; return (process, url)."""
+    """Start redis-server on 127.0.0.1 with its data in data_dir; return (process, url).
+    With a password, its default user requires it (the URL carries it); the password is
+    given on the server's standard input, never on its command line (which `ps` shows)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     cmd = [
@@ -57,12 +66,19 @@ def start_redis_server(
         "--protected-mode", "no",
         "--loglevel", "warning",
     ]
+    if password:  # the configuration file "-" is read from standard input
+        cmd.insert(1, "-")
     log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
     # its own session: a Ctrl-C on the terminal must not stop Redis before its users
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.PIPE if password else subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=die_with_parent_hook())
     log.close()
-    url = f"redis://127.0.0.1:{port}/0"
+    if proc.stdin is not None:
+        proc.stdin.write(f'requirepass "{password}"\n'.encode())
+        proc.stdin.close()
+    auth = f":{quote(password, safe='')}@" if password else ""
+    url = f"redis://{auth}127.0.0.1:{port}/0"
     deadline = time.monotonic() + wait_s
     client = Redis.from_url(url)
     try:

@@ -28,7 +28,7 @@ from rich.console import Console
 
 from ._auth import token_digest
 from ._home import ClusterConfig
-from ._redisserver import start_redis_server
+from ._redisserver import new_password, start_redis_server
 from .workers.procs import die_with_parent_hook, stop_group
 
 STOP_GRACE_S = 8.0
@@ -90,7 +90,10 @@ class Cluster:
                               f"pass {flag} PORT")
         redis_url = s.redis_url
         if not redis_url:
-            self.redis_proc, redis_url = start_redis_server(s.home / "redis")
+            # a new password every start: it lives in config.json (mode 0600) and in the
+            # components' environment only
+            self.redis_proc, redis_url = start_redis_server(s.home / "redis",
+                                                            password=new_password())
         token = _token(s.home)
         platform_url = f"http://{s.host}:{s.platform_port}"
         activator_url = f"http://{s.host}:{s.activator_port}"

@@ -13,7 +13,7 @@ from redis import Redis
 
 from lowtide import Client
 from lowtide._local import LocalCluster, start_local_cluster
-from lowtide._redisserver import start_redis_server
+from lowtide._redisserver import new_password, start_redis_server
 
 TEST_KEEP_ALIVE_S = 4.0
 
@@ -33,7 +33,8 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = start_redis_server(tmp_path_factory.mktemp("redis"), appendonly=False)
+    proc, url = start_redis_server(tmp_path_factory.mktemp("redis"), appendonly=False,
+                                   password=new_password())
     yield url
     proc.terminate()
     proc.wait(10)
@@ -43,7 +44,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def own_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis of this test module alone (the session's is shared with the cluster, whose
     scaler and agent would act on what the module writes)."""
-    proc, url = start_redis_server(tmp_path_factory.mktemp("redis-own"), appendonly=False)
+    proc, url = start_redis_server(tmp_path_factory.mktemp("redis-own"), appendonly=False,
+                                   password=new_password())
     yield url
     proc.terminate()
     proc.wait(10)

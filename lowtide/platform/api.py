@@ -178,6 +178,7 @@ class PlatformAPI:
                 "desired": previous.desired if previous else 0,
             })
             pipe.hdel(_keys.deployment(name), failing.FIELD)  # a new version starts afresh
+            pipe.set(_keys.deployed_version(name), version)  # what its replicas watch
             pipe.sadd(_keys.DEPLOYMENTS, name)
             pipe.zadd(_keys.DEPLOYMENT_NAMES, {name: 0})
             pipe.publish(_keys.ROUTES_CHANNEL, name)
@@ -359,7 +360,8 @@ class PlatformAPI:
             pipe.zrem(_keys.DEPLOYMENT_NAMES, name)
             pipe.srem(_keys.ACTIVE, name)
             pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
-                        _keys.stats(name), _keys.invoke_keys(name), _keys.learned(name))
+                        _keys.deployed_version(name), _keys.stats(name),
+                        _keys.invoke_keys(name), _keys.learned(name))
             pipe.publish(_keys.ROUTES_CHANNEL, name)
             pipe.publish(_keys.WAKE_CHANNEL, name)  # its scaler forgets it
             await pipe.execute()

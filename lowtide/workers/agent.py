@@ -91,6 +91,7 @@ class Agent:
                 self.supervisor.reap()
                 self.supervisor.maintain_pool()
                 self._heartbeat()
+                self._reconcile_users()
                 if time.monotonic() >= next_orphan_check:
                     next_orphan_check = time.monotonic() + ORPHAN_CHECK_S
                     self.supervisor.stop_orphans()
@@ -217,6 +218,7 @@ class Agent:
             "pid": os.getpid(),
             "health_port": getattr(self, "http_port", None),
         }
+        self.supervisor.fence.check()  # refuses a Redis that cannot fence user code
         self.redis.hset(_keys.HOSTS, s.host_id, json.dumps(self._host))
         self._warn_if_unreachable()
         self._heartbeat()
@@ -257,6 +259,12 @@ class Agent:
                 pipe.execute()
         except RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
+
+    def _reconcile_users(self) -> None:
+        try:
+            self.supervisor.fence.reconcile()
+        except RedisError as exc:
+            log.warning("cannot check the replicas' Redis users: %s", exc)
 
     # ---- jobs (lowtide.workers.jobs) ---------------------------------------------------
     def build(self, endpoint: str, version: int) -> bento.BuiltBento:

@@ -40,6 +40,7 @@ from .._redis import Backoff, async_redis
 from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
 from .blobcache import use_model_store
 from .features import Features
+from .fence import ROUTES_MARKER
 from .puller import StreamPuller
 from .replica_settings import ReplicaSettings
 from .runtime import execute, queue_expired_result
@@ -151,10 +152,8 @@ class Replica:
         record = json.loads(raw)
         record.update(state="failed", error=reason, failed_at=time.time(),
                       startup=self._startup(record))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, s.replica_id, json.dumps(record))
-            pipe.publish(_keys.ROUTES_CHANNEL, s.endpoint)
-            await pipe.execute()
+        await self.redis.hset(key, s.replica_id, json.dumps(record))
+        announce_routes()
 
     async def stop(self) -> None:
         s = self.settings
@@ -180,8 +179,8 @@ class Replica:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(_keys.replicas(s.endpoint), s.replica_id)
                 pipe.delete(_keys.replica_alive(s.replica_id))
-                pipe.publish(_keys.ROUTES_CHANNEL, s.endpoint)
                 await pipe.execute()
+            announce_routes()
         except RedisError as exc:
             log.warning("could not deregister replica %s: %s", s.replica_id, exc)
         await self.redis.aclose()
@@ -310,11 +309,11 @@ class Replica:
                      "reason": startup_reason(s.replica_id, startup), "inputs": startup}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, s.replica_id, json.dumps(record))
-            pipe.publish(_keys.ROUTES_CHANNEL, s.endpoint)
             if event is not None:
                 pipe.xadd(_keys.decisions(s.endpoint), {"event": json.dumps(event)},
                           maxlen=1000, approximate=True)
             await pipe.execute()
+        announce_routes()
 
     def _startup(self, record: dict[str, Any]) -> dict[str, Any]:
         """Where the time to ready went: placement and queue wait (decision to the agent
@@ -387,7 +386,7 @@ class Replica:
             ex=ALIVE_TTL_S
         )
         await self._record_limit()
-        current = await self.redis.hget(_keys.deployment(self.settings.endpoint), "version")
+        current = await self.redis.get(_keys.deployed_version(self.settings.endpoint))
         stale = current is None or int(current) != self.settings.version
         if stale and not self.puller.paused:
             log.info("replica %s is stale (deployment now at %s); no longer pulling",
@@ -411,6 +410,15 @@ class Replica:
             except Exception:
                 log.exception("heartbeat failed; retrying in %g s", HEARTBEAT_S)
             await asyncio.sleep(HEARTBEAT_S)
+
+
+def announce_routes() -> None:
+    """Have the agent publish this endpoint on ROUTES_CHANNEL (this replica's Redis user may
+    not; `fence`): one line on the output the agent reads, written in one call."""
+    try:
+        os.write(2, f"{ROUTES_MARKER}\n".encode())
+    except OSError as exc:  # activators still resync within seconds
+        log.warning("could not announce a route change: %s", exc)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -29,6 +29,7 @@ from .. import _keys
 from .._redisserver import free_port
 from . import bento, replica_log, user_env
 from .blobcache import DeploymentBlobs, HttpBlobSource, Prepared
+from .fence import MARKERS_PER_REPLICA, ROUTES_MARKER, Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
 from .resources import Gpus
@@ -63,6 +64,7 @@ class ReplicaProcess:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     hidden: tuple[str, ...] = ()  # secret values redacted from its output
     load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
+    markers: int = 0  # ROUTES_MARKER lines seen (bounded: user code can print them too)
 
 
 class ReplicaSupervisor:
@@ -81,6 +83,7 @@ class ReplicaSupervisor:
                      else None)
         self.blobs = DeploymentBlobs(redis, settings.home, settings.blob_cache_bytes,
                                      HttpBlobSource(redis, settings.platform_url))
+        self.fence = Fence(redis, settings.host_id, settings.redis_url)
 
     # ---- state the agent reports ------------------------------------------------------
     def count(self) -> int:
@@ -154,15 +157,23 @@ class ReplicaSupervisor:
             raise RuntimeError(f"agent {self.settings.host_id} is stopping")
         spawned_at = time.time()
         prepared = self.blobs.prepare(endpoint, version, replica_id)  # released when reaped
-        try:
-            return self._start(endpoint, version, replica_id, gpus, spawned_at, prepared)
+        try:  # its own Redis user (revoked when reaped)
+            redis_url = self.fence.grant(endpoint, replica_id)
+            return self._start(endpoint, version, replica_id, gpus, spawned_at, prepared,
+                               redis_url)
         except BaseException:
             self.blobs.release(replica_id)
+            self.fence.revoke(replica_id)
             raise
 
     def _start(self, endpoint: str, version: int, replica_id: str, gpus: list[int] | None,
-               spawned_at: float, prepared: Prepared) -> str:
-        spec = json.loads(self.redis.hget(_keys.deployment(endpoint), "spec") or b"{}")
+               spawned_at: float, prepared: Prepared, redis_url: str) -> str:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(_keys.deployment(endpoint), ["spec", "version"])
+            (spec_raw, current), = pipe.execute()
+        if current is not None:  # a deployment older than the copy its replicas watch
+            self.redis.set(_keys.deployed_version(endpoint), current, nx=True)
+        spec = json.loads(spec_raw or b"{}")
         requirements = spec.get("requirements", [])
         user = self._user_env(spec)
         if gpus:
@@ -171,7 +182,7 @@ class ReplicaSupervisor:
                 raise RuntimeError(f"host {self.settings.host_id} has no GPU "
                                    f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
             return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                    prepared, user, tuple(gpus))
+                                    prepared, user, redis_url, tuple(gpus))
         if self.pool is not None:
             packages = self._importable(spec.get("packages") or [])
             self.pool.note_cold_start(packages)
@@ -179,9 +190,9 @@ class ReplicaSupervisor:
                 worker = self.pool.take(packages)
                 if worker is not None:
                     return self._specialize(worker, endpoint, version, replica_id, spawned_at,
-                                            prepared, user)
+                                            prepared, user, redis_url)
         return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                prepared, user)
+                                prepared, user, redis_url)
 
     def _user_env(self, spec: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
         """The deployment's env and its secrets' keys: (variables, values to redact)."""
@@ -197,13 +208,13 @@ class ReplicaSupervisor:
 
     def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
                     spawned_at: float, prepared: Prepared,
-                    user: tuple[dict[str, str], tuple[str, ...]]) -> str:
+                    user: tuple[dict[str, str], tuple[str, ...]], redis_url: str) -> str:
         """Fast path: hand the function (and its environment) to a prewarmed worker."""
         rp = worker.extra["rp"]
         assert isinstance(rp, ReplicaProcess)
         rp.endpoint, rp.version, rp.replica_id = endpoint, version, replica_id
         rp.hidden = user[1]
-        body = {"redis_url": self.settings.redis_url, "endpoint": endpoint, "version": version,
+        body = {"redis_url": redis_url, "endpoint": endpoint, "version": version,
                 "replica_id": replica_id, "address": worker.address,
                 "artifact": str(prepared.artifact),
                 "model_store": str(prepared.model_store or ""),
@@ -246,9 +257,8 @@ class ReplicaSupervisor:
     def _spawn_pool_worker(self, packages: frozenset[str]) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
-        env = {**WORKER_ENV_DEFAULTS, **os.environ, "LOWTIDE_POOL": "1",
+        env = {**WORKER_ENV_DEFAULTS, **self._agent_env(), "LOWTIDE_POOL": "1",
                "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
-               "LOWTIDE_REDIS_URL": s.redis_url,
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
                **self.gpu_env(())}
         cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
@@ -265,6 +275,9 @@ class ReplicaSupervisor:
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
 
+    def _agent_env(self) -> dict[str, str]:
+        return inherited_env(os.environ, self.settings.redis_url)
+
     def gpu_env(self, gpus: tuple[int, ...]) -> dict[str, str]:
         """Pin a replica to its GPUs (NVML's PCI order, which CUDA then follows); a replica
         without GPUs on a GPU host sees none, so whole GPUs stay whole."""
@@ -275,7 +288,7 @@ class ReplicaSupervisor:
 
     def _start_full(self, endpoint: str, version: int, replica_id: str,
                     requirements: list[str], spawned_at: float, prepared: Prepared,
-                    user: tuple[dict[str, str], tuple[str, ...]],
+                    user: tuple[dict[str, str], tuple[str, ...]], redis_url: str,
                     gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         python = bento.ensure_python(requirements, self.settings.home / "envs")  # fails fast
@@ -285,9 +298,9 @@ class ReplicaSupervisor:
         address = f"{s.advertise_address}:{port}"
         env = {
             **WORKER_ENV_DEFAULTS,
-            **os.environ,
+            **self._agent_env(),
             **user[0],
-            "LOWTIDE_REDIS_URL": s.redis_url,
+            "LOWTIDE_REDIS_URL": redis_url,
             "LOWTIDE_ENDPOINT": endpoint,
             "LOWTIDE_VERSION": str(version),
             "LOWTIDE_REPLICA_ID": replica_id,
@@ -374,6 +387,7 @@ class ReplicaSupervisor:
         for r in exited:
             if r.replica_id:
                 self.blobs.release(r.replica_id)
+                self.fence.revoke(r.replica_id)
             if not r.stopping:
                 CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down
@@ -420,12 +434,29 @@ class ReplicaSupervisor:
         chatter = replica_log.LogFilter()  # BentoML's hook lines, repeated tracebacks
         for raw in rp.proc.stdout:
             line = user_env.redact(raw.decode(errors="replace").rstrip("\n"), rp.hidden)
+            if ROUTES_MARKER in line:
+                self._routes_changed(rp)
+                line = line.replace(ROUTES_MARKER, "")
+                if not line.strip():
+                    continue
             rp.tail.append(line)
             rp.load_failed = rp.load_failed or replica_log.load_failed((line,))
             for kept in chatter.feed(line):
                 self._keep_line(rp, kept)
         for kept in chatter.flush():
             self._keep_line(rp, kept)
+
+    def _routes_changed(self, rp: ReplicaProcess) -> None:
+        """The replica changed its record (ready, failed, stopping): tell the activators at
+        once, as its Redis user may not (a user function printing the marker can make at
+        most MARKERS_PER_REPLICA such announcements of its own endpoint)."""
+        rp.markers += 1
+        if not rp.endpoint or rp.markers > MARKERS_PER_REPLICA:
+            return
+        try:
+            self.redis.publish(_keys.ROUTES_CHANNEL, rp.endpoint)
+        except RedisError as exc:  # activators also resync on their own
+            log.warning("could not announce the routes of %s: %s", rp.endpoint, exc)
 
     def _keep_line(self, rp: ReplicaProcess, line: str) -> None:
         if rp.endpoint:

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from lowtide import Client, ConfigError
-from lowtide._redisserver import free_port, start_redis_server
+from lowtide._redisserver import free_port, new_password, start_redis_server
 from lowtide.workers.blobcache import use_model_store
 from tests.conftest import wait_for
 
@@ -86,7 +86,8 @@ class BlobCluster:
 @pytest.fixture(scope="module")
 def blob_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobCluster]:
     root = tmp_path_factory.mktemp("blobs")
-    redis_proc, redis_url = start_redis_server(root / "redis", appendonly=False)
+    redis_proc, redis_url = start_redis_server(root / "redis", appendonly=False,
+                                                password=new_password())
     activator_port, platform_port = free_port(), free_port()
     bc = BlobCluster(root, redis_url, secrets.token_hex(8), f"http://127.0.0.1:{platform_port}",
                      f"http://127.0.0.1:{activator_port}")

@@ -95,15 +95,16 @@ class Toolkit:
     def release(self):
         import os
 
-        path = os.environ.get("LOWTIDE_HOME", "/nonexistent")
+        path = os.environ.get("STOP_MARKER_DIR", "/nonexistent")
         with open(f"{path}/toolkit-stopped", "w") as f:
             f.write(self.prefix)
 
 
 def test_methods_route_and_unknown_ones_are_404_naming_the_methods(
-    client: Client, cluster, http: httpx.Client, unique_name: str
+    client: Client, http: httpx.Client, unique_name: str, tmp_path: Path
 ) -> None:
-    ep = client.deploy(Toolkit, name=unique_name)
+    tmp_path.chmod(0o1777)  # where the stop hook leaves its file (replicas may run as nobody)
+    ep = client.deploy(Toolkit, name=unique_name, env={"STOP_MARKER_DIR": str(tmp_path)})
     assert ep.methods is not None and set(ep.methods) == {"__call__", "shout", "slow_len"}
     assert ep("a") == "tk:a"
     assert ep.shout("hey", 2) == "HEYHEY"  # positional arguments bind to parameter names
@@ -124,7 +125,7 @@ def test_methods_route_and_unknown_ones_are_404_naming_the_methods(
     fn.delete()
 
     # the stop hook runs when the replica stops (here: the endpoint is deleted)
-    marker = Path(cluster.home) / "toolkit-stopped"
+    marker = tmp_path / "toolkit-stopped"
     ep.delete()
     wait_for(marker.exists, 30, "the on_shutdown hook's file")
     assert marker.read_text() == "tk"

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from lowtide import Client
-from lowtide._redisserver import free_port, start_redis_server
+from lowtide._redisserver import free_port, new_password, start_redis_server
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -111,7 +111,8 @@ class MultiHost:
 @pytest.fixture(scope="module")
 def multihost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
     root = tmp_path_factory.mktemp("multihost")
-    redis_proc, redis_url = start_redis_server(root / "redis", appendonly=False)
+    redis_proc, redis_url = start_redis_server(root / "redis", appendonly=False,
+                                                password=new_password())
     activator_port, platform_port = free_port(), free_port()
     mh = MultiHost(root, redis_url, secrets.token_hex(8), f"http://127.0.0.1:{platform_port}",
                    f"http://127.0.0.1:{activator_port}")

@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from redis import Redis
+from redis.exceptions import AuthenticationError
 
 from tests.conftest import start_cluster, wait_for
 
@@ -19,7 +22,12 @@ pytestmark = pytest.mark.integration
 def test_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path / "home")  # embedded redis, default policy
     try:
-        assert cluster.config.redis_url.startswith("redis://127.0.0.1:")
+        # the embedded Redis requires the password that config.json (0600) holds
+        url = urlsplit(cluster.config.redis_url)
+        assert url.hostname == "127.0.0.1" and url.password and len(url.password) >= 32
+        with pytest.raises(AuthenticationError), Redis(port=url.port) as anonymous:
+            anonymous.get("lt:deployments")
+        assert Redis.from_url(cluster.config.redis_url).ping()
         assert (tmp_path / "home" / "redis").is_dir()
         assert oct((tmp_path / "home" / "config.json").stat().st_mode & 0o777) == "0o600"
         with cluster.client() as client:

@@ -23,13 +23,16 @@ LOWTIDE_SERVICES = ["platform", "platform-2", "activator", "agent", "agent-gpu"]
 AGENTS = ["agent", "agent-gpu"]
 # Read by home_dir() rather than through build_parser's env lookups.
 VARIABLES_READ_ELSEWHERE = {"LOWTIDE_HOME"}
-_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+REQUIRED_VALUE = "value-of-a-required-variable"
 
 
 def interpolate(value: Any) -> Any:
-    """Compose's ${VAR:-default} with nothing set in the shell: the default (or empty)."""
+    """Compose's ${VAR:-default} with nothing set in the shell: the default (or empty); a
+    required ${VAR:?message} as if set to REQUIRED_VALUE."""
     if isinstance(value, str):
-        return _INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+        return _INTERPOLATION.sub(
+            lambda m: REQUIRED_VALUE if m.group(2) == "?" else m.group(3) or "", value)
     if isinstance(value, list):
         return [interpolate(v) for v in value]
     if isinstance(value, dict):
@@ -125,6 +128,7 @@ def test_configuration_is_only_lowtide_variables_the_cli_reads(services: dict[st
 def test_components_reach_the_redis_service(services: dict[str, Any], name: str) -> None:
     url = urlsplit(service_args(services[name]).redis_url)
     assert url.scheme == "redis"
+    assert url.password == REQUIRED_VALUE  # LOWTIDE_REDIS_PASSWORD, required
     assert url.hostname in services
     assert url.port == 6379
 
@@ -271,3 +275,11 @@ def test_entrypoint_health_ports_are_the_cli_defaults(command: str, flag_port: i
 def test_components_run_under_an_init_that_reaps_replica_processes(services: dict[str, Any],
                                                                     name: str) -> None:
     assert services[name]["init"] is True
+
+
+def test_redis_requires_the_password_the_components_use(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == REQUIRED_VALUE
+    assert redis["environment"]["REDISCLI_AUTH"] == REQUIRED_VALUE  # for its healthcheck
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
