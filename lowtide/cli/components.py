@@ -134,6 +134,11 @@ def add_parsers(sub: Any, env: Mapping[str, str], home: str) -> None:
                     default=env_value(env, "LOWTIDE_AGENT_PLATFORM_URL", ""),
                     help="where to fetch blobs (env LOWTIDE_AGENT_PLATFORM_URL; default: the "
                     "URL the platform publishes in Redis)")
+    ag.add_argument("--replica-user", default=env_value(env, "LOWTIDE_REPLICA_USER", ""),
+                    metavar="USER",
+                    help="the unprivileged user replicas run as when the agent runs as root "
+                    "(env LOWTIDE_REPLICA_USER; default nobody, or the agent's user, with an "
+                    "error logged, where nobody cannot run lowtide's Python)")
 
 
 def _need_redis(args: argparse.Namespace) -> str:
@@ -197,7 +202,8 @@ def cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         bind_host=args.bind_host or args.advertise_address,
         port=args.port, pool=args.pool, labels=parse_labels(args.labels),
         cpu_overcommit=float(args.cpu_overcommit), gpus=args.gpus,
-        blob_cache_bytes=args.blob_cache_bytes, platform_url=args.platform_url)
+        blob_cache_bytes=args.blob_cache_bytes, platform_url=args.platform_url,
+        replica_user=args.replica_user)
     setup_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

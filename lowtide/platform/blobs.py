@@ -116,8 +116,8 @@ class FileBlobStore:
                 raise DigestMismatch(f"the bytes sent have SHA-256 {h.hexdigest()}, not "
                                      f"{sha256}")
             final = self._path(sha256)
-            final.parent.mkdir(exist_ok=True)
-            tmp.chmod(0o444)
+            final.parent.mkdir(mode=0o700, exist_ok=True)  # the platform's alone: a
+            tmp.chmod(0o444)  # replica reaches the agent's cache by name, never these lists
             tmp.replace(final)  # atomic: a concurrent upload of the same bytes is harmless
             return size
         finally:

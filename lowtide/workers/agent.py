@@ -24,7 +24,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from .. import _keys
 from .._redis import Backoff, sync_redis
-from . import bento
+from . import bento, replica_user
 from .health import serve_health
 from .resources import Gpus, ReplicaSampler, host_capacity, host_usage
 from .settings import AgentSettings
@@ -69,6 +69,7 @@ class Agent:
         self._host: dict[str, object] = {}
         self._stopping = False
         self.supervisor = ReplicaSupervisor(settings, self.redis, self.gpus)
+        self.supervisor.user = replica_user.resolve(settings.replica_user, settings.home)
         os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
@@ -214,6 +215,10 @@ class Agent:
             "cpu_overcommit": s.cpu_overcommit,
             "labels": dict(s.labels),
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            # who user code runs as, and why not the unprivileged default
+            "replica_user": self.supervisor.user.name,
+            **({"replica_user_problem": self.supervisor.user.problem}
+               if self.supervisor.user.problem else {}),
             "started_at": time.time(),
             "pid": os.getpid(),
             "health_port": getattr(self, "http_port", None),

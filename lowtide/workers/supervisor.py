@@ -8,16 +8,20 @@ loop (reap, orphans, pool upkeep); each replica has one log-pump thread.
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import json
 import logging
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +36,7 @@ from .blobcache import DeploymentBlobs, HttpBlobSource, Prepared
 from .fence import MARKERS_PER_REPLICA, ROUTES_MARKER, Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import die_with_parent_hook, stop_group
+from .replica_user import ReplicaUser, make_readable
 from .resources import Gpus
 from .settings import AgentSettings
 
@@ -65,6 +70,7 @@ class ReplicaProcess:
     hidden: tuple[str, ...] = ()  # secret values redacted from its output
     load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
     markers: int = 0  # ROUTES_MARKER lines seen (bounded: user code can print them too)
+    scratch: Path | None = None  # its HOME and TMPDIR (removed when reaped)
 
 
 class ReplicaSupervisor:
@@ -84,6 +90,7 @@ class ReplicaSupervisor:
         self.blobs = DeploymentBlobs(redis, settings.home, settings.blob_cache_bytes,
                                      HttpBlobSource(redis, settings.platform_url))
         self.fence = Fence(redis, settings.host_id, settings.redis_url)
+        self.user = ReplicaUser(getpass.getuser())  # the agent sets it (replica_user.resolve)
 
     # ---- state the agent reports ------------------------------------------------------
     def count(self) -> int:
@@ -129,6 +136,7 @@ class ReplicaSupervisor:
         with lock:
             found = bento.find_bento(endpoint, version)
             if found is not None:
+                self._readable(found)
                 self.redis.set(_keys.build_state(endpoint, version, self.settings.host_id),
                                "ready", ex=86400)
                 return found
@@ -146,8 +154,13 @@ class ReplicaSupervisor:
             except Exception as exc:
                 self.redis.set(key, f"failed: {type(exc).__name__}: {exc}", ex=86400)
                 raise
+            self._readable(built)
             self.redis.set(key, "ready", ex=86400)
             return built
+
+    def _readable(self, built: bento.BuiltBento) -> None:
+        if self.user.drops:
+            make_readable(built.path)
 
     def start_replica(self, endpoint: str, version: int, replica_id: str,
                       gpus: list[int] | None = None) -> str:
@@ -257,23 +270,29 @@ class ReplicaSupervisor:
     def _spawn_pool_worker(self, packages: frozenset[str]) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
+        scratch = self._scratch()
         env = {**WORKER_ENV_DEFAULTS, **self._agent_env(), "LOWTIDE_POOL": "1",
                "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
-               **self.gpu_env(())}
+               **self.gpu_env(()), **self.user.env(scratch)}
         cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
                "--host", s.bind_host, "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
-            cwd=str(s.home),
+            cwd=str(scratch), **self.user.popen_args(),  # type: ignore[call-overload]
         )
         address = f"{s.advertise_address}:{port}"
-        rp = ReplicaProcess("", 0, "", address, proc, time.time())
+        rp = ReplicaProcess("", 0, "", address, proc, time.time(), scratch=scratch)
         rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
                                    name=f"logs-pool-{port}")
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
+
+    def _scratch(self) -> Path:
+        root = self.settings.home / "scratch"
+        root.mkdir(mode=0o711, exist_ok=True)
+        return self.user.make_scratch(root, secrets.token_hex(8))
 
     def _agent_env(self) -> dict[str, str]:
         return inherited_env(os.environ, self.settings.redis_url)
@@ -296,6 +315,7 @@ class ReplicaSupervisor:
         s = self.settings
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
+        scratch = self._scratch()
         env = {
             **WORKER_ENV_DEFAULTS,
             **self._agent_env(),
@@ -312,15 +332,17 @@ class ReplicaSupervisor:
             "LOWTIDE_START_PATH": "full",
             "LOWTIDE_SPAWNED_AT": repr(spawned_at),
             **self.gpu_env(gpus),
+            **self.user.env(scratch),
         }
         cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+            cwd=str(scratch), **self.user.popen_args(),  # type: ignore[call-overload]
         )
         rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
-                            hidden=user[1])
+                            hidden=user[1], scratch=scratch)
         rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
@@ -396,6 +418,8 @@ class ReplicaSupervisor:
                             r.proc.returncode)
             if r.pump is not None:
                 r.pump.join(timeout=1)
+            if r.scratch is not None:
+                shutil.rmtree(r.scratch, ignore_errors=True)
             if r.stopping or not r.endpoint:
                 self.forget(r.endpoint, r.replica_id)
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets as random_secrets
 from urllib.parse import unquote, urlsplit
 
@@ -17,7 +18,7 @@ import psutil
 import pytest
 from redis import Redis
 
-from lowtide import Client
+from lowtide import Client, _keys
 from lowtide.workers.fence import USER_PREFIX
 from tests.conftest import RunningCluster, wait_for
 
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.integration
 
 def probe(victim, result_id, secret, config_path):
     """Run inside a replica: every attempt's outcome, by name."""
-    import pwd
     from pathlib import Path
 
     from redis import Redis
@@ -71,16 +71,16 @@ def probe(victim, result_id, secret, config_path):
             out[name] = "allowed"
         except Exception as exc:  # what a refusal looks like is the point
             out[name] = f"{type(exc).__name__}: {exc}"[:200]
-    return {"attempts": out, "uid": os.getuid(), "user": pwd.getpwuid(os.getuid()).pw_name
-            if os.getuid() != 0 else "root", "pid": os.getpid(),
+    return {"attempts": out, "uid": os.getuid(), "pid": os.getpid(),
             "redis_user": me.settings.redis_url.split("//", 1)[1].split(":", 1)[0]}
 
 
-def _replica_pids() -> list[int]:
+def _replica_pids(cluster: RunningCluster) -> list[int]:
+    """The cluster's replica and pool worker processes (its `bentoml serve` trees)."""
     pids = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.Process(cluster.proc.pid).children(recursive=True):
         try:
-            if "bentoml" in " ".join(p.info["cmdline"] or []):
+            if "bentoml" in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:
             continue
@@ -98,23 +98,43 @@ def test_user_code_is_fenced_off(client: Client, cluster: RunningCluster, redis:
     prober = client.deploy(probe, name=unique_name)
 
     args = (victim.name, handle.id, secret, config)
-    direct, buffered = prober(*args), prober.submit(*args).result(timeout=60)
+
+    def acl_users() -> set[str]:
+        return {u.decode() for u in redis.execute_command("ACL", "USERS")}
+
+    # each replica has its own Redis user, named after it (listed while it runs)
+    direct = prober(*args)
+    assert unquote(direct["redis_user"]) in acl_users()
+    buffered = prober.submit(*args).result(timeout=60)
+    assert unquote(buffered["redis_user"]) in acl_users()
+    # who replicas run as: an agent as root drops to an unprivileged user where that user
+    # can run lowtide's Python (not here when Python lives under a 0700 /root: it then says
+    # why and runs them as root; README "What isolation a replica has")
+    host = json.loads(redis.hget(_keys.HOSTS, "local") or b"{}")
+    dropped = os.geteuid() == 0 and host["replica_user"] != "root"
+    print("replicas run as", host["replica_user"], host.get("replica_user_problem", ""))
+    if os.geteuid() == 0 and not dropped:
+        assert host["replica_user_problem"]
     for seen in (direct, buffered):
         for what, outcome in seen["attempts"].items():
-            if what == "read the cluster's config file":
-                continue  # TODO(fence, part c): replicas as an unprivileged user
+            if what == "read the cluster's config file" and not dropped:
+                continue  # the agent's own user (or root) can read it
             assert outcome.startswith(("NoPermissionError", "PermissionError")), \
                 f"{what}: {outcome}"
+        if dropped:
+            assert seen["uid"] == pwd.getpwnam(host["replica_user"]).pw_uid != 0, seen
+        elif os.geteuid() != 0:
+            assert seen["uid"] == os.geteuid()
     # the fence broke none of the victim's own duties (direct and buffered answers)
     assert victim(5) == {"private": 10}
     assert victim.submit(6).result(timeout=60) == {"private": 12}
 
-    # each replica has its own Redis user, named after it, and no cluster credentials
-    users = {u.decode() for u in redis.execute_command("ACL", "USERS")}
-    assert direct["redis_user"].replace("%3A", ":") in users
+    # no replica has the cluster's credentials
     password = unquote(urlsplit(cluster.config.redis_url).password or "")
     assert password, "the cluster's Redis requires a password"
-    for pid in _replica_pids():
+    pids = _replica_pids(cluster)
+    assert pids
+    for pid in pids:
         try:
             environ = psutil.Process(pid).environ()
         except psutil.Error:
@@ -123,13 +143,10 @@ def test_user_code_is_fenced_off(client: Client, cluster: RunningCluster, redis:
         assert "REDIS_URL" not in environ and "LOWTIDE_TOKEN" not in environ
 
     # the users go with the replicas
-    replica_users = {u for u in users if u.startswith(USER_PREFIX)}
-    ours = {direct["redis_user"].replace("%3A", ":")}
+    ours = {unquote(direct["redis_user"]), unquote(buffered["redis_user"])}
+    assert all(u.startswith(USER_PREFIX) for u in ours)
     client.delete(unique_name)
-    wait_for(lambda: not ours & {u.decode() for u in redis.execute_command("ACL", "USERS")},
-             30, "the prober's Redis user to be deleted")
-    assert replica_users  # (listed above while they ran)
+    wait_for(lambda: not ours & acl_users(), 30, "the prober's Redis users to be deleted")
     client.delete(victim.name)
     client.delete_secret(secret)
     print(json.dumps(direct, indent=1))
-    assert os.path.exists(config)

@@ -1,0 +1,77 @@
+"""Who replicas run as (`workers.replica_user`): the agent's home made traversable but not
+listable with its own files kept private, Bentos made readable, a missing or unusable user
+refused when chosen and reported when it is the default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lowtide.workers import replica_user
+from lowtide.workers.replica_user import ReplicaUser, make_readable, prepare_home
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_home_is_reached_by_name_and_the_clusters_files_stay_private(tmp_path: Path
+                                                                       ) -> None:
+    home = tmp_path / "home"
+    (home / "redis").mkdir(parents=True)
+    (home / "blobs" / "ab").mkdir(parents=True)  # the platform's store, sharing the home
+    (home / "blobs" / "tmp").mkdir()
+    (home / "config.json").write_text("{}")
+    (home / "config.json").chmod(0o644)
+    prepare_home(home)
+    assert _mode(home) == 0o711
+    assert _mode(home / "config.json") == 0o600
+    assert _mode(home / "redis") == 0o700
+    assert _mode(home / "blobs") == 0o711 and _mode(home / "modelstores") == 0o711
+    assert _mode(home / "blobs" / "ab") == 0o700 and _mode(home / "blobs" / "tmp") == 0o700
+
+
+def test_make_readable_opens_a_bento_tree(tmp_path: Path) -> None:
+    bento = tmp_path / "v1"
+    (bento / "src").mkdir(parents=True)
+    (bento / "src" / "fn.pkl").write_bytes(b"x")
+    (bento / "src" / "run.sh").write_text("#!/bin/sh\n")
+    (bento / "src" / "run.sh").chmod(0o700)
+    bento.chmod(0o700)
+    make_readable(bento)
+    assert _mode(bento) == 0o755 and _mode(bento / "src") & 0o555 == 0o555
+    assert _mode(bento / "src" / "fn.pkl") & 0o444 == 0o444
+    assert _mode(bento / "src" / "run.sh") == 0o744  # its execute bit kept, none added
+
+
+def test_a_replica_user_gets_a_scratch_home_of_its_own(tmp_path: Path) -> None:
+    me = ReplicaUser("someone", os.getuid(), os.getgid())
+    scratch = me.make_scratch(tmp_path, "abc")
+    assert _mode(scratch) == 0o700 and scratch.stat().st_uid == os.getuid()
+    assert me.env(scratch)["HOME"] == me.env(scratch)["TMPDIR"] == str(scratch)
+    assert me.popen_args() == {"user": os.getuid(), "group": os.getgid(), "extra_groups": []}
+    assert ReplicaUser("agent").popen_args() == {} and ReplicaUser("agent").env(scratch) == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
+def test_a_chosen_user_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="there is no user 'lowtide-no-such-user'"):
+        replica_user.resolve("lowtide-no-such-user", tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
+def test_an_unusable_default_user_is_reported_and_replicas_run_as_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica_user, "DEFAULT_USER", "lowtide-no-such-user")
+    user = replica_user.resolve("", tmp_path)
+    assert (user.name, user.drops) == ("root", False)
+    assert "there is no user" in user.problem
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
+def test_the_probe_says_why_a_user_cannot_run_replicas(tmp_path: Path) -> None:
+    nobody = ReplicaUser("nobody", 65534, 65534)
+    problem = replica_user.probe(nobody, tmp_path, "/nonexistent/python")
+    assert "cannot run /nonexistent/python" in problem
