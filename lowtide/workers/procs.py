@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+# how the agent runs `bentoml serve` (argv: `python -c RUN_BENTOML bentoml serve ...`): this
+# process, holding the replica's environment, uninspectable first (see `no_inspection`)
+RUN_BENTOML = "from lowtide.workers.procs import run_bentoml; run_bentoml()"
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,3 +70,24 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> int | None:
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def no_inspection() -> None:
+    """Make this process non-dumpable: its /proc files (environ, cmdline's memory, fds, cwd)
+    become root's, and processes of the same user can neither read them nor ptrace it. All
+    replicas of a host run as one user; this keeps one replica's environment (its secrets,
+    its Redis password) from another's code. Cleared by an exec, so each process of a
+    replica sets it (the server, its worker)."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_DUMPABLE, 0)
+
+
+def run_bentoml() -> None:
+    """`python -m bentoml ...`, uninspectable (`no_inspection`); argv after `-c CODE`."""
+    import runpy
+    import sys
+
+    no_inspection()
+    sys.argv = sys.argv[1:]
+    runpy.run_module("bentoml", run_name="__main__", alter_sys=True)

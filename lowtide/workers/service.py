@@ -12,7 +12,9 @@ import bentoml
 from bentoml._internal.server.http import traffic
 
 from . import replica_app as replica
-from .procs import die_with_parent
+from .procs import die_with_parent, no_inspection
+
+no_inspection()  # before the function loads (both start paths import this module first)
 
 
 def _passthrough(app: object, timeout: float) -> object:

@@ -1,6 +1,8 @@
 """A host's replica supervisor: starts replicas (a prewarmed pool worker specialized, or the
 full path: build the Bento and serve it), stops them, reaps the ones that exit, reports
-crashes, and files each replica's output in its endpoint's log stream.
+crashes, and files each replica's output in its endpoint's log stream (`replica_output`).
+Each replica gets a Redis user of its own (`fence`) and, where the agent is root, runs as an
+unprivileged user (`replica_user`).
 
 Threads, not asyncio: it is driven by the agent's rq job thread (start, stop) and its main
 loop (reap, orphans, pool upkeep); each replica has one log-pump thread.
@@ -19,8 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ from .. import _keys
 from .._redisserver import free_port
 from . import bento, replica_log, user_env
 from .blobcache import DeploymentBlobs, HttpBlobSource, Prepared
-from .fence import MARKERS_PER_REPLICA, ROUTES_MARKER, Fence, inherited_env
+from .fence import Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
-from .procs import die_with_parent_hook, stop_group
+from .procs import RUN_BENTOML, die_with_parent_hook, stop_group
+from .replica_output import ReplicaOutput, ReplicaProcess
 from .replica_user import ReplicaUser, make_readable
 from .resources import Gpus
 from .settings import AgentSettings
@@ -46,31 +47,11 @@ REPLICAS = Gauge("lowtide_agent_replicas", "Replica processes running on this ho
 STARTS = Counter("lowtide_agent_replica_starts_total", "Replicas started", ["path"])
 CRASHES = Counter("lowtide_agent_replica_crashes_total", "Replicas that exited unasked")
 
-LOG_STREAM_MAXLEN = 5000
-TAIL_LINES = 5  # a crashed replica's last output lines, kept for its crash report
 ORPHAN_GRACE_S = 15.0  # a replica this old whose record is gone was dropped by the platform
 # BentoML records an OpenTelemetry span per request even when it samples none: about a fifth
 # of a trivial function's CPU in the replica. Off unless the agent's environment turns it on
 # (OTEL_SDK_DISABLED=false, with BentoML's tracing configured).
 WORKER_ENV_DEFAULTS = {"OTEL_SDK_DISABLED": "true"}
-
-
-@dataclass
-class ReplicaProcess:
-    endpoint: str
-    version: int
-    replica_id: str
-    address: str
-    proc: subprocess.Popen[bytes]
-    started_at: float
-    gpus: tuple[int, ...] = ()
-    stopping: bool = False
-    pump: threading.Thread | None = None
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    hidden: tuple[str, ...] = ()  # secret values redacted from its output
-    load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
-    markers: int = 0  # ROUTES_MARKER lines seen (bounded: user code can print them too)
-    scratch: Path | None = None  # its HOME and TMPDIR (removed when reaped)
 
 
 class ReplicaSupervisor:
@@ -90,6 +71,7 @@ class ReplicaSupervisor:
         self.blobs = DeploymentBlobs(redis, settings.home, settings.blob_cache_bytes,
                                      HttpBlobSource(redis, settings.platform_url))
         self.fence = Fence(redis, settings.host_id, settings.redis_url)
+        self.output = ReplicaOutput(redis, settings.host_id)
         self.user = ReplicaUser(getpass.getuser())  # the agent sets it (replica_user.resolve)
 
     # ---- state the agent reports ------------------------------------------------------
@@ -246,7 +228,7 @@ class ReplicaSupervisor:
                 detail = r.json().get("detail") or r.text
             except ValueError:
                 detail = r.text
-            self._log_line(rp, f"[lowtide] the replica cannot start: {detail[:500]}")
+            self.output.log_line(rp, f"[lowtide] the replica cannot start: {detail[:500]}")
             raise RuntimeError(detail[:500])
         STARTS.labels("pool").inc()
         log.info("specialized pool worker %s as replica %s of %s v%d in %.0f ms",
@@ -275,7 +257,8 @@ class ReplicaSupervisor:
                "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
                **self.gpu_env(()), **self.user.env(scratch)}
-        cmd = [sys.executable, "-m", "bentoml", "serve", "lowtide.workers.service:Worker",
+        cmd = [sys.executable, "-c", RUN_BENTOML, "bentoml", "serve",
+               "lowtide.workers.service:Worker",
                "--host", s.bind_host, "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -284,7 +267,7 @@ class ReplicaSupervisor:
         )
         address = f"{s.advertise_address}:{port}"
         rp = ReplicaProcess("", 0, "", address, proc, time.time(), scratch=scratch)
-        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+        rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
                                    name=f"logs-pool-{port}")
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
@@ -334,7 +317,7 @@ class ReplicaSupervisor:
             **self.gpu_env(gpus),
             **self.user.env(scratch),
         }
-        cmd = [python, "-m", "bentoml", "serve", built.tag, "--host", s.bind_host,
+        cmd = [python, "-c", RUN_BENTOML, "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -343,7 +326,7 @@ class ReplicaSupervisor:
         )
         rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
                             hidden=user[1], scratch=scratch)
-        rp.pump = threading.Thread(target=self._pump_logs, args=(rp,), daemon=True,
+        rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
         with self._lock:
@@ -413,7 +396,7 @@ class ReplicaSupervisor:
             if not r.stopping:
                 CRASHES.inc()
                 stop_group(r.proc, 0)  # the leader died: take the rest of its group down
-                self._log_line(r, replica_log.exit_line(r.proc.returncode, r.load_failed))
+                self.output.log_line(r, replica_log.exit_line(r.proc.returncode, r.load_failed))
                 log.warning("replica %s of %s exited with code %s", r.replica_id, r.endpoint,
                             r.proc.returncode)
             if r.pump is not None:
@@ -452,48 +435,3 @@ class ReplicaSupervisor:
                 pipe.execute()
         except RedisError as exc:
             log.warning("could not remove replica %s from routing: %s", replica_id, exc)
-
-    def _pump_logs(self, rp: ReplicaProcess) -> None:
-        assert rp.proc.stdout is not None
-        chatter = replica_log.LogFilter()  # BentoML's hook lines, repeated tracebacks
-        for raw in rp.proc.stdout:
-            line = user_env.redact(raw.decode(errors="replace").rstrip("\n"), rp.hidden)
-            if ROUTES_MARKER in line:
-                self._routes_changed(rp)
-                line = line.replace(ROUTES_MARKER, "")
-                if not line.strip():
-                    continue
-            rp.tail.append(line)
-            rp.load_failed = rp.load_failed or replica_log.load_failed((line,))
-            for kept in chatter.feed(line):
-                self._keep_line(rp, kept)
-        for kept in chatter.flush():
-            self._keep_line(rp, kept)
-
-    def _routes_changed(self, rp: ReplicaProcess) -> None:
-        """The replica changed its record (ready, failed, stopping): tell the activators at
-        once, as its Redis user may not (a user function printing the marker can make at
-        most MARKERS_PER_REPLICA such announcements of its own endpoint)."""
-        rp.markers += 1
-        if not rp.endpoint or rp.markers > MARKERS_PER_REPLICA:
-            return
-        try:
-            self.redis.publish(_keys.ROUTES_CHANNEL, rp.endpoint)
-        except RedisError as exc:  # activators also resync on their own
-            log.warning("could not announce the routes of %s: %s", rp.endpoint, exc)
-
-    def _keep_line(self, rp: ReplicaProcess, line: str) -> None:
-        if rp.endpoint:
-            self._log_line(rp, line)
-        else:  # an idle pool worker: no endpoint to file it under yet
-            log.debug("pool worker %s: %s", rp.address, line)
-
-    def _log_line(self, rp: ReplicaProcess, line: str) -> None:
-        try:
-            self.redis.xadd(
-                _keys.logs(rp.endpoint),
-                {"replica": rp.replica_id, "host": self.settings.host_id, "line": line},
-                maxlen=LOG_STREAM_MAXLEN, approximate=True,
-            )
-        except RedisError:
-            log.debug("dropped a log line of %s", rp.replica_id)
