@@ -120,8 +120,9 @@ def server_version(redis: Redis) -> tuple[int, ...]:
     return tuple(int(p) for p in raw.split(".")[:2] if p.isdigit())
 
 
-class FenceUnavailable(RuntimeError):
-    pass
+class FenceUnavailable(ValueError):
+    """This Redis cannot fence replicas: the agent refuses to start (a setting to fix, so
+    the CLI prints it as one line)."""
 
 
 class Fence:

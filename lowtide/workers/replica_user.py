@@ -67,8 +67,8 @@ class ReplicaUser:
 
 
 def resolve(requested: str, home: Path, python: str = sys.executable) -> ReplicaUser:
-    """The user replicas run as (see the module docstring); RuntimeError for a chosen user
-    that cannot run them."""
+    """The user replicas run as (see the module docstring); ValueError (a setting to fix) for
+    a chosen user that cannot run them."""
     if os.geteuid() != 0:
         return ReplicaUser(getpass.getuser())
     name = requested or DEFAULT_USER
@@ -90,7 +90,7 @@ def resolve(requested: str, home: Path, python: str = sys.executable) -> Replica
             log.info("replicas run as %s (uid %d)", name, entry.pw_uid)
             return user
     if requested:
-        raise RuntimeError(f"replicas cannot run as --replica-user {name}: {problem}")
+        raise ValueError(f"replicas cannot run as --replica-user {name}: {problem}")
     log.error("replicas run as root, not as %s: %s. User code can then read the cluster's "
               "config and every endpoint's files; install Python and lowtide where %s can "
               "read them (not under a 0700 home such as /root) and keep the agent's --home "

@@ -13,8 +13,10 @@ from redis.exceptions import NoPermissionError
 
 from lowtide import _keys
 from lowtide._streaming import cancel_key, chunks_key
+from lowtide.workers import fence as fence_module
 from lowtide.workers.fence import (
     Fence,
+    FenceUnavailable,
     acl_rules,
     glob_escape,
     inherited_env,
@@ -133,3 +135,19 @@ def test_reconcile_deletes_strays_and_restores_lost_users(admin: Redis,
     assert {username("h", "r-1"), username("other-host", "r-9")} <= users
     with Redis.from_url(url) as r:  # the same password works again
         r.hset(_keys.replicas("ep"), "r-1", "{}")
+
+
+def test_a_redis_without_channel_acls_is_refused(admin: Redis, own_redis_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fence_module, "server_version", lambda redis: (6, 0))
+    with pytest.raises(FenceUnavailable, match=r"Redis 6\.0 has no per-channel ACLs"):
+        Fence(admin, "h", own_redis_url).check()
+
+
+def test_a_redis_user_that_cannot_manage_users_is_refused(admin: Redis,
+                                                          own_redis_url: str) -> None:
+    admin.acl_setuser("weak", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+@all", "-acl"])
+    url = replica_url(own_redis_url, "weak", "pw")
+    with Redis.from_url(url) as weak, pytest.raises(FenceUnavailable, match="admin"):
+        Fence(weak, "h", url).check()

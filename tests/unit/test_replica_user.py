@@ -57,7 +57,7 @@ def test_a_replica_user_gets_a_scratch_home_of_its_own(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
 def test_a_chosen_user_that_does_not_exist_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="there is no user 'lowtide-no-such-user'"):
+    with pytest.raises(ValueError, match="there is no user 'lowtide-no-such-user'"):
         replica_user.resolve("lowtide-no-such-user", tmp_path)
 
 
