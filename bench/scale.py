@@ -22,9 +22,11 @@ manifest under each name, its stream and consumer group, the name indexes), with
 next resync (30 s), as after a missed event.
 
 Each level is measured in the steady state: after the platform has looked once at every
-new endpoint (a pass over thousands when they are found), i.e. when its looks per second
+new endpoint (a pass over thousands when the resync finds them), when its looks per second
 (`lowtide_platform_reconciles_total`) have come down to the busy endpoints' for two
-3-second windows in a row.
+3-second windows in a row, and once the dashboard series have closed the new endpoints'
+open buckets (`lowtide_platform_charted_endpoints{state="parked"}` at 0: up to 4 minutes,
+the longest bucket, after the endpoints went quiet).
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ def measure_level(b: Bench, n: int, args: argparse.Namespace, sdk_s: float,
     wait_until(lambda: b.metric("lowtide_platform_endpoints", '{state="active"}') <= busy + 1,
                "the idle endpoints to go quiet", 180)
     settle_s = b.settle(busy + 1)
+    wait_until(lambda: b.metric("lowtide_platform_charted_endpoints", '{state="parked"}') == 0,
+               "the dashboard series to close the idle endpoints' buckets", 300)
     print(f"level {n}: the platform settled {settle_s:.0f} s after the level was known",
           file=sys.stderr)
     looks_before = b.metric("lowtide_platform_reconciles_total")
@@ -274,6 +278,7 @@ def main() -> None:
             for n in levels:
                 names = [f"idle-{i:05d}" for i in range(have - 1, n - 1)]
                 how = "deployed through the SDK" if n <= args.sdk_upto else "registered"
+                looks0 = b.metric("lowtide_platform_reconciles_total")
                 if not names:
                     took = 0.0
                 elif n <= args.sdk_upto:
@@ -281,8 +286,11 @@ def main() -> None:
                 else:
                     took = b.register(names, "probe")
                 have = n
-                print(f"level {n}: {how} {len(names)} in {took:.1f} s; measuring",
-                      file=sys.stderr)
+                print(f"level {n}: {how} {len(names)} in {took:.1f} s; waiting for the "
+                      "platform to look at each once", file=sys.stderr)
+                target = looks0 + len(names)
+                wait_until(lambda t=target: b.metric("lowtide_platform_reconciles_total") >= t,
+                           "the platform to look at every new endpoint", 900)
                 row = measure_level(b, n, args, sdk_s, took, args.busy)
                 row["how"] = "SDK" if n <= args.sdk_upto else "bulk"
                 rows.append(row)

@@ -48,4 +48,11 @@ class SeriesCollector(Collector):
             for q, key in (("0.5", "p50_ms"), ("0.99", "p99_ms")):
                 if recent[key] is not None:
                     latency.add_metric([name, q], recent[key] / 1000)
-        yield from (*families.values(), replicas, latency)
+        charted = GaugeMetricFamily("lowtide_platform_charted_endpoints",
+                                    "Endpoints the dashboard series hold: stepped each second "
+                                    "(the scaler looks at them) or parked at zero until their "
+                                    "open buckets close", labels=["state"])
+        stepped = self.recorder.stepped()
+        charted.add_metric(["stepped"], float(stepped))
+        charted.add_metric(["parked"], float(self.recorder.charted() - stepped))
+        yield from (*families.values(), replicas, latency, charted)

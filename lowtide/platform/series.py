@@ -336,6 +336,10 @@ class SeriesRecorder:
         """How many endpoints each step reads: those the scaler looks at."""
         return len(self._endpoints)
 
+    def charted(self) -> int:
+        """How many endpoints the recorder holds: stepped and parked."""
+        return len(self._endpoints) + len(self._parked)
+
     def forget(self, name: str) -> None:
         self._endpoints.pop(name, None)
         self._parked.pop(name, None)

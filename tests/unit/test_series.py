@@ -157,7 +157,9 @@ async def test_an_endpoint_at_zero_costs_nothing_per_step_and_stays_charted(
             await rec.step(t0 + s)
             if s == 70:
                 assert rec.stepped() == 0  # parked: nothing is read or added per step
+                assert rec.charted() == 1001
         assert "quiet" not in rec.looks() and not rec.looks()  # closed and dropped
+        assert rec.charted() == 0
         day = [json.loads(p) for p in await redis.lrange(_keys.series("quiet", "24h"), 0, -1)]
         assert len(day) == 1 and day[0]["t"] == t0 and 0.45 < day[0]["rps"] < 0.55
         stored = await redis.llen(_keys.series("quiet", "10m"))
