@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
@@ -197,6 +198,16 @@ def up(settings: UpSettings) -> int:
         console.print("lowtide stopped")
 
 
+def _without_password(url: str) -> str:
+    """The URL to show: its password stays in config.json (terminals get logged)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _print_ready(config: ClusterConfig, settings: UpSettings) -> None:
     keep_alive = ("platform policy" if settings.keep_alive_s is None
                   else f"{settings.keep_alive_s:g} s")
@@ -205,9 +216,10 @@ def _print_ready(config: ClusterConfig, settings: UpSettings) -> None:
         f"  invoke URLs   {config.activator_url}/fn/NAME",
         f"  platform API  {config.platform_url}/v1/deployments",
         f"  dashboard     {config.platform_url}/ui/  (`lowtide dashboard` opens it signed in)",
-        f"  redis         {config.redis_url}",
+        f"  redis         {_without_password(config.redis_url)}",
         f"  keep-alive    {keep_alive}",
-        f"  config        {settings.home / 'config.json'} (token and URLs for the SDK and CLI)",
+        f"  config        {settings.home / 'config.json'} (token, URLs and the Redis password "
+        "for the SDK and CLI)",
         "Try:  python -c 'import lowtide; ep = lowtide.deploy(lambda x: x * 2, name=\"double\"); "
         "print(ep.url, ep(21))'",
         "Stop with Ctrl-C.",

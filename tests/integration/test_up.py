@@ -28,6 +28,7 @@ def test_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None
         with pytest.raises(AuthenticationError), Redis(port=url.port) as anonymous:
             anonymous.get("lt:deployments")
         assert Redis.from_url(cluster.config.redis_url).ping()
+        assert url.password not in cluster.log_path.read_text()  # the banner masks it
         assert (tmp_path / "home" / "redis").is_dir()
         assert oct((tmp_path / "home" / "config.json").stat().st_mode & 0o777) == "0o600"
         with cluster.client() as client:
