@@ -72,6 +72,20 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
+SERVER_PID_ENV = "LOWTIDE_SERVER_PID"
+
+
+def worker_dies_with_server() -> None:
+    """In a replica's BentoML worker, as early as our code runs (the import of the service
+    module, before BentoML's start hooks): the worker gets SIGTERM when its `bentoml serve`
+    dies, or at once if it already has (a server SIGKILLed while the worker imported would
+    otherwise leave it orphaned: `die_with_parent` only compares with the parent it was
+    given, and this one is known from the environment the server set)."""
+    server = os.environ.get(SERVER_PID_ENV)
+    if server and server.isdigit() and int(server) != os.getpid():  # not the server itself
+        die_with_parent(int(server))
+
+
 def no_inspection() -> None:
     """Make this process non-dumpable: its /proc files (environ, cmdline's memory, fds, cwd)
     become root's, and processes of the same user can neither read them nor ptrace it. All
@@ -89,5 +103,6 @@ def run_bentoml() -> None:
     import sys
 
     no_inspection()
+    os.environ[SERVER_PID_ENV] = str(os.getpid())  # for its worker: `worker_dies_with_server`
     sys.argv = sys.argv[1:]
     runpy.run_module("bentoml", run_name="__main__", alter_sys=True)

@@ -12,9 +12,10 @@ import bentoml
 from bentoml._internal.server.http import traffic
 
 from . import replica_app as replica
-from .procs import die_with_parent, no_inspection
+from .procs import die_with_parent, no_inspection, worker_dies_with_server
 
 no_inspection()  # before the function loads (both start paths import this module first)
+worker_dies_with_server()
 
 
 def _passthrough(app: object, timeout: float) -> object:

@@ -3,6 +3,7 @@ requirements the worker environment lacks take the full path; nothing leaks."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import zipfile
 from pathlib import Path
@@ -88,6 +89,35 @@ def test_unsatisfied_requirement_takes_the_full_path(client: Client, unique_name
     ep = client.deploy(probe, name=unique_name, requirements=["ltprobe==0.1"])
     assert ep(1) == "from the full path 1"
     assert _startup(client, unique_name)["path"] == "full"
+
+
+def test_a_pool_worker_whose_server_is_killed_while_it_starts_exits(tmp_path: Path) -> None:
+    """A pool server SIGKILLed (the OOM killer, say) while its worker still imports
+    BentoML's machinery (seconds, before any start hook runs): the worker must not live on
+    as an orphan holding memory (it used to)."""
+    cluster = start_cluster(tmp_path / "home", keep_alive_s=60)
+    try:
+        def importing_worker() -> tuple[psutil.Process, psutil.Process] | None:
+            for proc in psutil.Process(cluster.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
+                        ready = _pool_ready(cluster)
+                        return (proc.parent(), proc) if ready == 0 else None
+            return None
+
+        server, worker = wait_for(importing_worker, 60, "a pool worker still starting")
+        server.send_signal(signal.SIGKILL)
+        wait_for(lambda: not worker.is_running() or worker.status() == "zombie", 20,
+                 "the orphaned pool worker to exit")
+    finally:
+        cluster.stop()
+
+
+def _pool_ready(cluster) -> int:
+    try:
+        return int(_pool(cluster)["ready"])
+    except (IndexError, KeyError, httpx.HTTPError):  # the host is not registered yet
+        return 0
 
 
 def test_killing_the_agent_leaves_no_pool_worker_or_replica(tmp_path: Path) -> None:
