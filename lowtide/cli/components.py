@@ -136,9 +136,10 @@ def add_parsers(sub: Any, env: Mapping[str, str], home: str) -> None:
                     "URL the platform publishes in Redis)")
     ag.add_argument("--replica-user", default=env_value(env, "LOWTIDE_REPLICA_USER", ""),
                     metavar="USER",
-                    help="the unprivileged user replicas run as when the agent runs as root "
-                    "(env LOWTIDE_REPLICA_USER; default nobody, or the agent's user, with an "
-                    "error logged, where nobody cannot run lowtide's Python)")
+                    help="when the agent runs as root, run every replica as this one user "
+                    "(env LOWTIDE_REPLICA_USER; default: a uid of its own per replica "
+                    "process, or root with an error logged where such a uid cannot run "
+                    "lowtide's Python)")
 
 
 def _need_redis(args: argparse.Namespace) -> str:

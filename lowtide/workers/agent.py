@@ -217,6 +217,8 @@ class Agent:
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             # who user code runs as, and why not the unprivileged default
             "replica_user": self.supervisor.user.name,
+            "replica_uid": self.supervisor.user.uid,  # the first of many when per process
+            "replica_uid_per_process": self.supervisor.user.per_process,
             **({"replica_user_problem": self.supervisor.user.problem}
                if self.supervisor.user.problem else {}),
             "started_at": time.time(),

@@ -40,6 +40,7 @@ class ReplicaProcess:
     load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
     markers: int = 0  # ROUTES_MARKER lines seen (bounded: user code can print them too)
     scratch: Path | None = None  # its HOME and TMPDIR (removed when reaped)
+    uid_slot: int | None = None  # its uid's slot, of a per-process replica user
 
 
 class ReplicaOutput:

@@ -1,18 +1,21 @@
-"""The OS user replicas run as: unprivileged where the agent runs as root.
+"""The OS users replicas run as: unprivileged where the agent runs as root.
 
 User code must not read what the agent can (the cluster's config file with its token and
-Redis password, other endpoints' files), so an agent running as root starts every replica,
-pool workers included, as `--replica-user` (LOWTIDE_REPLICA_USER, default `nobody`), with no
-supplementary groups, its HOME and TMPDIR a scratch directory of its own (mode 0700, removed
-when it exits). The agent's home becomes traversable but not listable (0711) so that the
-replica reaches what it needs there by name (its artifact and models in the blob cache, its
-Bento); what the cluster keeps there for itself stays the agent's alone (config.json 0600,
-the embedded Redis's directory 0700, the platform's blob store 0700).
+Redis password, other endpoints' files and processes), so an agent running as root starts
+every replica process, pool workers included, as an unprivileged uid: by default one of its
+own (UID_BASE + a slot, no passwd entry, nobody's group), so replicas cannot signal, trace
+or read one another either; or, with `--replica-user USER` (LOWTIDE_REPLICA_USER), that one
+user for all. No supplementary groups; HOME, TMPDIR and the working directory are a scratch
+directory of its own (mode 0700, removed when it exits). The agent's home becomes
+traversable but not listable (0711) so that the replica reaches what it needs there by name
+(its artifact and models in the blob cache, its Bento); what the cluster keeps there for
+itself stays the agent's alone (config.json 0600, the embedded Redis's directory 0700, the
+platform's blob store lists 0700).
 
-Before it serves, the agent checks that the user can run its Python with lowtide importable
-and reach its home. When the user was not chosen (the default) and cannot, the agent logs
-why at ERROR and runs replicas as itself (the host's `replica_user` says so); a chosen user
-that cannot is refused (the agent exits). An agent that is not root runs replicas as itself.
+Before it serves, the agent checks that the uid can run its Python with lowtide importable
+and reach its home. A chosen user that cannot is refused (the agent exits); when the
+default cannot, the agent logs why at ERROR and runs replicas as itself (the host's
+`replica_user` says so). An agent that is not root runs replicas as itself.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ import pwd
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_USER = "nobody"
+# By default each replica process (pool workers included) gets a uid of its own, with no
+# passwd entry, as systemd's DynamicUser does: replicas then cannot signal, trace or read
+# one another (processes, scratch directories) whatever they run. Group: nobody's.
+DYNAMIC_NAME = "lowtide-replica"
+UID_BASE = 1_900_000_000  # under 2**31 (some tools read uids as signed), far from real users
+UID_COUNT = 65_536
 PROBE_TIMEOUT_S = 60.0
 
 
@@ -39,10 +47,17 @@ class ReplicaUser:
     uid: int | None = None  # None: the agent's own user (nothing to change)
     gid: int | None = None
     problem: str = ""  # why the default user is not used
+    per_process: bool = False  # uid is the first of UID_COUNT, one per process (`for_slot`)
 
     @property
     def drops(self) -> bool:
         return self.uid is not None
+
+    def for_slot(self, slot: int) -> ReplicaUser:
+        """The user of one replica process (the same user unless per_process)."""
+        if not self.per_process or self.uid is None:
+            return self
+        return replace(self, uid=self.uid + slot % UID_COUNT, per_process=False)
 
     def popen_args(self) -> dict[str, object]:
         if self.uid is None:
@@ -71,31 +86,41 @@ def resolve(requested: str, home: Path, python: str = sys.executable) -> Replica
     a chosen user that cannot run them."""
     if os.geteuid() != 0:
         return ReplicaUser(getpass.getuser())
-    name = requested or DEFAULT_USER
-    if name == "root":
+    if requested == "root":
         log.warning("--replica-user root: user code runs as root, with access to everything "
                     "the agent can read")
         return ReplicaUser("root")
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        problem = f"there is no user {name!r} on this host"
-    else:
-        if entry.pw_uid == 0:
-            return ReplicaUser(name)
-        user = ReplicaUser(name, entry.pw_uid, entry.pw_gid)
-        prepare_home(home)
-        problem = probe(user, home, python)
-        if not problem:
-            log.info("replicas run as %s (uid %d)", name, entry.pw_uid)
-            return user
     if requested:
-        raise ValueError(f"replicas cannot run as --replica-user {name}: {problem}")
-    log.error("replicas run as root, not as %s: %s. User code can then read the cluster's "
-              "config and every endpoint's files; install Python and lowtide where %s can "
-              "read them (not under a 0700 home such as /root) and keep the agent's --home "
-              "reachable, or pass --replica-user", name, problem, name)
+        try:
+            entry = pwd.getpwnam(requested)
+        except KeyError:
+            raise ValueError(f"replicas cannot run as --replica-user {requested}: there is no "
+                             f"user {requested!r} on this host") from None
+        if entry.pw_uid == 0:
+            return ReplicaUser(requested)
+        user = ReplicaUser(requested, entry.pw_uid, entry.pw_gid)
+    else:
+        user = ReplicaUser(DYNAMIC_NAME, UID_BASE, _nobody_gid(), per_process=True)
+    prepare_home(home)
+    problem = probe(user, home, python)
+    if not problem:
+        log.info("replicas run as %s (uid %d%s)", user.name, user.uid,
+                 f" + one per process, up to {UID_COUNT}" if user.per_process else "")
+        return user
+    if requested:
+        raise ValueError(f"replicas cannot run as --replica-user {requested}: {problem}")
+    log.error("replicas run as root, not as unprivileged uids: %s. User code can then read "
+              "the cluster's config and every endpoint's files; install Python and lowtide "
+              "where any user can read them (not under a 0700 home such as /root) and keep "
+              "the agent's --home reachable, or pass --replica-user", problem)
     return ReplicaUser("root", problem=problem)
+
+
+def _nobody_gid() -> int:
+    try:
+        return pwd.getpwnam("nobody").pw_gid
+    except KeyError:
+        return 65534
 
 
 def prepare_home(home: Path) -> None:

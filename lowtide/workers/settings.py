@@ -24,7 +24,7 @@ class AgentSettings:
     gpus: bool = True  # probe GPUs with NVML; False: a CPU host whatever is installed
     blob_cache_bytes: int = 50 * 2**30  # disk for fetched artifacts and models (LRU)
     platform_url: str = ""  # where to fetch blobs; "" = the URL the platform publishes
-    replica_user: str = ""  # who replicas run as when the agent is root ("" = nobody)
+    replica_user: str = ""  # one user for replicas when root ("": a uid per process)
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.cpu_overcommit <= 64.0:

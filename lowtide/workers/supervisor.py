@@ -37,7 +37,7 @@ from .fence import Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import RUN_BENTOML, die_with_parent_hook, stop_group
 from .replica_output import ReplicaOutput, ReplicaProcess
-from .replica_user import ReplicaUser, make_readable
+from .replica_user import UID_COUNT, ReplicaUser, make_readable
 from .resources import Gpus
 from .settings import AgentSettings
 
@@ -73,6 +73,8 @@ class ReplicaSupervisor:
         self.fence = Fence(redis, settings.host_id, settings.redis_url)
         self.output = ReplicaOutput(redis, settings.host_id)
         self.user = ReplicaUser(getpass.getuser())  # the agent sets it (replica_user.resolve)
+        self._uid_slots: set[int] = set()  # in use, of a per-process user
+        self._next_slot = 0  # round robin: a freed uid is the last to be used again
 
     # ---- state the agent reports ------------------------------------------------------
     def count(self) -> int:
@@ -252,30 +254,60 @@ class ReplicaSupervisor:
     def _spawn_pool_worker(self, packages: frozenset[str]) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
-        scratch = self._scratch()
+        user, slot = self._take_user()
+        scratch = self._scratch(user)
         env = {**WORKER_ENV_DEFAULTS, **self._agent_env(), "LOWTIDE_POOL": "1",
                "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
-               **self.gpu_env(()), **self.user.env(scratch)}
+               **self.gpu_env(()), **user.env(scratch)}
         cmd = [sys.executable, "-c", RUN_BENTOML, "bentoml", "serve",
                "lowtide.workers.service:Worker",
                "--host", s.bind_host, "--port", str(port)]
-        proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
-            cwd=str(scratch), **self.user.popen_args(),  # type: ignore[call-overload]
-        )
+        proc = self._popen(cmd, env, scratch, user, slot)
         address = f"{s.advertise_address}:{port}"
-        rp = ReplicaProcess("", 0, "", address, proc, time.time(), scratch=scratch)
+        rp = ReplicaProcess("", 0, "", address, proc, time.time(), scratch=scratch,
+                            uid_slot=slot)
         rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
                                    name=f"logs-pool-{port}")
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
 
-    def _scratch(self) -> Path:
+    def _take_user(self) -> tuple[ReplicaUser, int | None]:
+        """The user of a new replica process, and its uid slot (None: a shared user)."""
+        if not self.user.per_process:
+            return self.user, None
+        with self._lock:
+            if len(self._uid_slots) >= UID_COUNT:
+                raise RuntimeError(f"all {UID_COUNT} replica uids of this host are in use")
+            while self._next_slot in self._uid_slots:
+                self._next_slot = (self._next_slot + 1) % UID_COUNT
+            slot = self._next_slot
+            self._uid_slots.add(slot)
+            self._next_slot = (slot + 1) % UID_COUNT
+        return self.user.for_slot(slot), slot
+
+    def _free_slot(self, slot: int | None) -> None:
+        if slot is not None:
+            with self._lock:
+                self._uid_slots.discard(slot)
+
+    def _popen(self, cmd: list[str], env: dict[str, str], scratch: Path, user: ReplicaUser,
+               slot: int | None) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent_hook(), cwd=str(scratch),
+                **user.popen_args())  # type: ignore[call-overload]
+        except BaseException:
+            self._free_slot(slot)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+    def _scratch(self, user: ReplicaUser) -> Path:
         root = self.settings.home / "scratch"
         root.mkdir(mode=0o711, exist_ok=True)
-        return self.user.make_scratch(root, secrets.token_hex(8))
+        return user.make_scratch(root, secrets.token_hex(8))
 
     def _agent_env(self) -> dict[str, str]:
         return inherited_env(os.environ, self.settings.redis_url)
@@ -290,7 +322,7 @@ class ReplicaSupervisor:
 
     def _start_full(self, endpoint: str, version: int, replica_id: str,
                     requirements: list[str], spawned_at: float, prepared: Prepared,
-                    user: tuple[dict[str, str], tuple[str, ...]], redis_url: str,
+                    user_vars: tuple[dict[str, str], tuple[str, ...]], redis_url: str,
                     gpus: tuple[int, ...] = ()) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         python = bento.ensure_python(requirements, self.settings.home / "envs")  # fails fast
@@ -298,11 +330,12 @@ class ReplicaSupervisor:
         s = self.settings
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
-        scratch = self._scratch()
+        user, slot = self._take_user()
+        scratch = self._scratch(user)
         env = {
             **WORKER_ENV_DEFAULTS,
             **self._agent_env(),
-            **user[0],
+            **user_vars[0],
             "LOWTIDE_REDIS_URL": redis_url,
             "LOWTIDE_ENDPOINT": endpoint,
             "LOWTIDE_VERSION": str(version),
@@ -315,17 +348,13 @@ class ReplicaSupervisor:
             "LOWTIDE_START_PATH": "full",
             "LOWTIDE_SPAWNED_AT": repr(spawned_at),
             **self.gpu_env(gpus),
-            **self.user.env(scratch),
+            **user.env(scratch),
         }
         cmd = [python, "-c", RUN_BENTOML, "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
-        proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
-            cwd=str(scratch), **self.user.popen_args(),  # type: ignore[call-overload]
-        )
+        proc = self._popen(cmd, env, scratch, user, slot)
         rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
-                            hidden=user[1], scratch=scratch)
+                            hidden=user_vars[1], scratch=scratch, uid_slot=slot)
         rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
@@ -403,6 +432,7 @@ class ReplicaSupervisor:
                 r.pump.join(timeout=1)
             if r.scratch is not None:
                 shutil.rmtree(r.scratch, ignore_errors=True)
+            self._free_slot(r.uid_slot)
             if r.stopping or not r.endpoint:
                 self.forget(r.endpoint, r.replica_id)
             else:

@@ -20,6 +20,7 @@ from redis import Redis
 
 from lowtide import Client, _keys
 from lowtide.workers.fence import USER_PREFIX
+from lowtide.workers.replica_user import UID_COUNT
 from tests.conftest import RunningCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -121,7 +122,9 @@ def test_user_code_is_fenced_off(client: Client, cluster: RunningCluster, redis:
                 continue  # the agent's own user (or root) can read it
             assert outcome.startswith(("NoPermissionError", "PermissionError")), \
                 f"{what}: {outcome}"
-        if dropped:
+        if dropped and host["replica_uid_per_process"]:  # one uid per replica process
+            assert host["replica_uid"] <= seen["uid"] < host["replica_uid"] + UID_COUNT
+        elif dropped:
             assert seen["uid"] == pwd.getpwnam(host["replica_user"]).pw_uid != 0, seen
         elif os.geteuid() != 0:
             assert seen["uid"] == os.geteuid()

@@ -62,12 +62,21 @@ def test_a_chosen_user_that_does_not_exist_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
-def test_an_unusable_default_user_is_reported_and_replicas_run_as_root(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replica_user, "DEFAULT_USER", "lowtide-no-such-user")
-    user = replica_user.resolve("", tmp_path)
+def test_unusable_default_uids_are_reported_and_replicas_run_as_root(tmp_path: Path) -> None:
+    user = replica_user.resolve("", tmp_path, python="/nonexistent/python")
     assert (user.name, user.drops) == ("root", False)
-    assert "there is no user" in user.problem
+    assert "cannot run /nonexistent/python" in user.problem
+
+
+def test_each_replica_process_of_the_default_user_has_a_uid_of_its_own() -> None:
+    base = ReplicaUser("lowtide-replica", replica_user.UID_BASE, 65534, per_process=True)
+    first, second = base.for_slot(0), base.for_slot(1)
+    assert (first.uid, second.uid) == (replica_user.UID_BASE, replica_user.UID_BASE + 1)
+    assert second.popen_args() == {"user": replica_user.UID_BASE + 1, "group": 65534,
+                                   "extra_groups": []}
+    assert base.for_slot(replica_user.UID_COUNT).uid == replica_user.UID_BASE  # wraps
+    named = ReplicaUser("svc", 1234, 1234)
+    assert named.for_slot(7) is named  # a chosen user is shared
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only an agent running as root changes users")
