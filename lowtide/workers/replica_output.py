@@ -9,7 +9,6 @@ import subprocess
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 from .. import _keys
 from . import replica_log, user_env
 from .fence import MARKERS_PER_REPLICA, ROUTES_MARKER
+from .replica_user import Identity
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ class ReplicaProcess:
     hidden: tuple[str, ...] = ()  # secret values redacted from its output
     load_failed: bool = False  # it said its function cannot be loaded (maybe beyond the tail)
     markers: int = 0  # ROUTES_MARKER lines seen (bounded: user code can print them too)
-    scratch: Path | None = None  # its HOME and TMPDIR (removed when reaped)
-    uid_slot: int | None = None  # its uid's slot, of a per-process replica user
+    identity: Identity | None = None  # its user and scratch directory (released when reaped)
 
 
 class ReplicaOutput:

@@ -24,9 +24,11 @@ import getpass
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -79,6 +81,75 @@ class ReplicaUser:
         if self.uid is not None:
             os.chown(path, self.uid, self.gid if self.gid is not None else -1)
         return path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who one replica process runs as, and where: its scratch directory (HOME, TMPDIR and
+    working directory) and its uid's slot (of a per-process user)."""
+
+    user: ReplicaUser
+    scratch: Path
+    slot: int | None = None
+
+    def popen_args(self) -> dict[str, object]:
+        return {"cwd": str(self.scratch), **self.user.popen_args()}
+
+    def env(self) -> dict[str, str]:
+        return self.user.env(self.scratch)
+
+
+class Identities:
+    """The identities of one host's replica processes. Slots go round robin, so a freed uid
+    is the last to be used again (a straggler of an old replica's group never shares it)."""
+
+    def __init__(self, user: ReplicaUser, scratch_root: Path) -> None:
+        self.user = user  # the agent sets it (`resolve`) before the first start
+        self.scratch_root = scratch_root
+        self._lock = threading.Lock()
+        self._slots: set[int] = set()
+        self._next = 0
+        self._live: set[Path] = set()  # scratch directories not yet released
+
+    def take(self) -> Identity:
+        slot = self._take_slot() if self.user.per_process else None
+        user = self.user.for_slot(slot) if slot is not None else self.user
+        try:
+            self.scratch_root.mkdir(mode=0o711, parents=True, exist_ok=True)
+            scratch = user.make_scratch(self.scratch_root, secrets.token_hex(8))
+        except BaseException:
+            self._free(slot)
+            raise
+        with self._lock:
+            self._live.add(scratch)
+        return Identity(user, scratch, slot)
+
+    def release(self, identity: Identity | None) -> None:
+        """When its process is gone (or never started); once (a second call does nothing)."""
+        if identity is None:
+            return
+        with self._lock:
+            if identity.scratch not in self._live:
+                return
+            self._live.discard(identity.scratch)
+        shutil.rmtree(identity.scratch, ignore_errors=True)
+        self._free(identity.slot)
+
+    def _take_slot(self) -> int:
+        with self._lock:
+            if len(self._slots) >= UID_COUNT:
+                raise RuntimeError(f"all {UID_COUNT} replica uids of this host are in use")
+            while self._next in self._slots:
+                self._next = (self._next + 1) % UID_COUNT
+            slot = self._next
+            self._slots.add(slot)
+            self._next = (slot + 1) % UID_COUNT
+        return slot
+
+    def _free(self, slot: int | None) -> None:
+        if slot is not None:
+            with self._lock:
+                self._slots.discard(slot)
 
 
 def resolve(requested: str, home: Path, python: str = sys.executable) -> ReplicaUser:

@@ -15,13 +15,10 @@ import importlib.util
 import json
 import logging
 import os
-import secrets
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,7 +34,7 @@ from .fence import Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import RUN_BENTOML, die_with_parent_hook, stop_group
 from .replica_output import ReplicaOutput, ReplicaProcess
-from .replica_user import UID_COUNT, ReplicaUser, make_readable
+from .replica_user import Identities, Identity, ReplicaUser, make_readable
 from .resources import Gpus
 from .settings import AgentSettings
 
@@ -72,9 +69,16 @@ class ReplicaSupervisor:
                                      HttpBlobSource(redis, settings.platform_url))
         self.fence = Fence(redis, settings.host_id, settings.redis_url)
         self.output = ReplicaOutput(redis, settings.host_id)
-        self.user = ReplicaUser(getpass.getuser())  # the agent sets it (replica_user.resolve)
-        self._uid_slots: set[int] = set()  # in use, of a per-process user
-        self._next_slot = 0  # round robin: a freed uid is the last to be used again
+        self.identities = Identities(ReplicaUser(getpass.getuser()), settings.home / "scratch")
+
+    @property
+    def user(self) -> ReplicaUser:
+        """Who replica processes run as (per process when `per_process`)."""
+        return self.identities.user
+
+    @user.setter
+    def user(self, user: ReplicaUser) -> None:
+        self.identities.user = user
 
     # ---- state the agent reports ------------------------------------------------------
     def count(self) -> int:
@@ -143,7 +147,7 @@ class ReplicaSupervisor:
             return built
 
     def _readable(self, built: bento.BuiltBento) -> None:
-        if self.user.drops:
+        if self.identities.user.drops:
             make_readable(built.path)
 
     def start_replica(self, endpoint: str, version: int, replica_id: str,
@@ -254,60 +258,41 @@ class ReplicaSupervisor:
     def _spawn_pool_worker(self, packages: frozenset[str]) -> PoolWorker:
         s = self.settings
         port = free_port(s.bind_host)
-        user, slot = self._take_user()
-        scratch = self._scratch(user)
+        identity = self.identities.take()
         env = {**WORKER_ENV_DEFAULTS, **self._agent_env(), "LOWTIDE_POOL": "1",
                "LOWTIDE_POOL_PACKAGES": ",".join(sorted(packages)),
                "BENTOML_HOME": str(s.bentoml_home), "PYTHONUNBUFFERED": "1",
-               **self.gpu_env(()), **user.env(scratch)}
+               **self.gpu_env(()), **identity.env()}
         cmd = [sys.executable, "-c", RUN_BENTOML, "bentoml", "serve",
                "lowtide.workers.service:Worker",
                "--host", s.bind_host, "--port", str(port)]
-        proc = self._popen(cmd, env, scratch, user, slot)
+        proc = self._popen(cmd, env, identity)
         address = f"{s.advertise_address}:{port}"
-        rp = ReplicaProcess("", 0, "", address, proc, time.time(), scratch=scratch,
-                            uid_slot=slot)
-        rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
+        rp = ReplicaProcess("", 0, "", address, proc, time.time(), identity=identity)
+        rp.pump = threading.Thread(target=self._pump_pool_worker, args=(rp,), daemon=True,
                                    name=f"logs-pool-{port}")
         rp.pump.start()
         return PoolWorker(proc, address, time.time(), extra={"rp": rp}, preload=packages)
 
-    def _take_user(self) -> tuple[ReplicaUser, int | None]:
-        """The user of a new replica process, and its uid slot (None: a shared user)."""
-        if not self.user.per_process:
-            return self.user, None
-        with self._lock:
-            if len(self._uid_slots) >= UID_COUNT:
-                raise RuntimeError(f"all {UID_COUNT} replica uids of this host are in use")
-            while self._next_slot in self._uid_slots:
-                self._next_slot = (self._next_slot + 1) % UID_COUNT
-            slot = self._next_slot
-            self._uid_slots.add(slot)
-            self._next_slot = (slot + 1) % UID_COUNT
-        return self.user.for_slot(slot), slot
+    def _pump_pool_worker(self, rp: ReplicaProcess) -> None:
+        """Its output until it exits; one never specialized (retired by the pool, or ended
+        at shutdown) is never reaped: its identity goes here."""
+        self.output.pump(rp)
+        if not rp.replica_id:
+            rp.proc.wait()
+            self.identities.release(rp.identity)
 
-    def _free_slot(self, slot: int | None) -> None:
-        if slot is not None:
-            with self._lock:
-                self._uid_slots.discard(slot)
-
-    def _popen(self, cmd: list[str], env: dict[str, str], scratch: Path, user: ReplicaUser,
-               slot: int | None) -> subprocess.Popen[bytes]:
+    def _popen(self, cmd: list[str], env: dict[str, str],
+               identity: Identity) -> subprocess.Popen[bytes]:
         try:
             return subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent_hook(), cwd=str(scratch),
-                **user.popen_args())  # type: ignore[call-overload]
+                preexec_fn=die_with_parent_hook(),
+                **identity.popen_args())  # type: ignore[call-overload]
         except BaseException:
-            self._free_slot(slot)
-            shutil.rmtree(scratch, ignore_errors=True)
+            self.identities.release(identity)
             raise
-
-    def _scratch(self, user: ReplicaUser) -> Path:
-        root = self.settings.home / "scratch"
-        root.mkdir(mode=0o711, exist_ok=True)
-        return user.make_scratch(root, secrets.token_hex(8))
 
     def _agent_env(self) -> dict[str, str]:
         return inherited_env(os.environ, self.settings.redis_url)
@@ -330,8 +315,7 @@ class ReplicaSupervisor:
         s = self.settings
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
-        user, slot = self._take_user()
-        scratch = self._scratch(user)
+        identity = self.identities.take()
         env = {
             **WORKER_ENV_DEFAULTS,
             **self._agent_env(),
@@ -348,13 +332,13 @@ class ReplicaSupervisor:
             "LOWTIDE_START_PATH": "full",
             "LOWTIDE_SPAWNED_AT": repr(spawned_at),
             **self.gpu_env(gpus),
-            **user.env(scratch),
+            **identity.env(),
         }
         cmd = [python, "-c", RUN_BENTOML, "bentoml", "serve", built.tag, "--host", s.bind_host,
                "--port", str(port)]
-        proc = self._popen(cmd, env, scratch, user, slot)
+        proc = self._popen(cmd, env, identity)
         rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
-                            hidden=user_vars[1], scratch=scratch, uid_slot=slot)
+                            hidden=user_vars[1], identity=identity)
         rp.pump = threading.Thread(target=self.output.pump, args=(rp,), daemon=True,
                                    name=f"logs-{replica_id}")
         rp.pump.start()
@@ -430,9 +414,7 @@ class ReplicaSupervisor:
                             r.proc.returncode)
             if r.pump is not None:
                 r.pump.join(timeout=1)
-            if r.scratch is not None:
-                shutil.rmtree(r.scratch, ignore_errors=True)
-            self._free_slot(r.uid_slot)
+            self.identities.release(r.identity)
             if r.stopping or not r.endpoint:
                 self.forget(r.endpoint, r.replica_id)
             else:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lowtide.workers import replica_user
-from lowtide.workers.replica_user import ReplicaUser, make_readable, prepare_home
+from lowtide.workers.replica_user import Identities, ReplicaUser, make_readable, prepare_home
 
 
 def _mode(path: Path) -> int:
@@ -84,3 +84,22 @@ def test_the_probe_says_why_a_user_cannot_run_replicas(tmp_path: Path) -> None:
     nobody = ReplicaUser("nobody", 65534, 65534)
     problem = replica_user.probe(nobody, tmp_path, "/nonexistent/python")
     assert "cannot run /nonexistent/python" in problem
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowning to other uids needs root")
+def test_identities_give_each_process_a_uid_and_scratch_and_reuse_uids_last(
+        tmp_path: Path) -> None:
+    base = ReplicaUser("lowtide-replica", replica_user.UID_BASE, 65534, per_process=True)
+    identities = Identities(base, tmp_path / "scratch")
+    first, second = identities.take(), identities.take()
+    assert (first.user.uid, second.user.uid) == (replica_user.UID_BASE,
+                                                 replica_user.UID_BASE + 1)
+    assert first.scratch.stat().st_uid == replica_user.UID_BASE
+    assert first.env()["HOME"] == str(first.scratch) == first.popen_args()["cwd"]
+    identities.release(first)
+    assert not first.scratch.exists()
+    third = identities.take()
+    identities.release(first)  # a second release of the same process frees nothing of others
+    assert identities._slots == {1, 2} and third.scratch.exists()
+    identities.release(third)
+    assert third.user.uid == replica_user.UID_BASE + 2  # the freed uid is reused last
