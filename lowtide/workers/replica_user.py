@@ -204,12 +204,29 @@ def prepare_home(home: Path) -> None:
             (home / private).chmod(0o600)
     if (home / "redis").is_dir():  # the embedded Redis's data
         (home / "redis").chmod(0o700)
-    for shared in ("blobs", "modelstores"):  # the agent's blob cache (flat files named by
-        (home / shared).mkdir(exist_ok=True)  # digest), the platform's store if it shares
-        (home / shared).chmod(0o711)  # the home (`lowtide up`): reached by name only
+    (home / "blobs").mkdir(exist_ok=True)  # the agent's blob cache (flat files named by
+    (home / "blobs").chmod(0o711)  # digest), the platform's store if it shares the home
+    for private in ("modelstores", "bentoml/bentos"):  # replicas get copies (`own_copy`)
+        (home / private).mkdir(parents=True, exist_ok=True)
+        (home / private).chmod(0o700)
     for sub in (home / "blobs").iterdir():  # the store's lists and partial files: not theirs
         if sub.is_dir() and (len(sub.name) == 2 or sub.name == "tmp"):
             sub.chmod(0o700)
+
+
+def own_copy(source: Path | None, identity: Identity | None, name: str) -> Path | str:
+    """A copy of `source` in the process's scratch directory, where no other replica can
+    reach it: its Bento (BentoML keeps the store's 0700), its model store (links into the
+    blob cache, whose files are named by digest). "" for no source."""
+    if source is None:
+        return ""
+    if identity is None:  # not started by the supervisor (nothing to hide it from)
+        return source
+    dest = identity.scratch / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source, dest, symlinks=True)
+    make_readable(dest)  # the agent's copy: readable by the uid that alone reaches it
+    return dest
 
 
 def make_readable(root: Path) -> None:

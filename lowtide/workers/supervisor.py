@@ -34,7 +34,7 @@ from .fence import Fence, inherited_env
 from .pool import PoolPolicy, PoolWorker, WarmPool
 from .procs import RUN_BENTOML, die_with_parent_hook, stop_group
 from .replica_output import ReplicaOutput, ReplicaProcess
-from .replica_user import Identities, Identity, ReplicaUser, make_readable
+from .replica_user import Identities, Identity, ReplicaUser, own_copy
 from .resources import Gpus
 from .settings import AgentSettings
 
@@ -124,7 +124,6 @@ class ReplicaSupervisor:
         with lock:
             found = bento.find_bento(endpoint, version)
             if found is not None:
-                self._readable(found)
                 self.redis.set(_keys.build_state(endpoint, version, self.settings.host_id),
                                "ready", ex=86400)
                 return found
@@ -142,13 +141,8 @@ class ReplicaSupervisor:
             except Exception as exc:
                 self.redis.set(key, f"failed: {type(exc).__name__}: {exc}", ex=86400)
                 raise
-            self._readable(built)
             self.redis.set(key, "ready", ex=86400)
             return built
-
-    def _readable(self, built: bento.BuiltBento) -> None:
-        if self.identities.user.drops:
-            make_readable(built.path)
 
     def start_replica(self, endpoint: str, version: int, replica_id: str,
                       gpus: list[int] | None = None) -> str:
@@ -218,7 +212,7 @@ class ReplicaSupervisor:
         body = {"redis_url": redis_url, "endpoint": endpoint, "version": version,
                 "replica_id": replica_id, "address": worker.address,
                 "artifact": str(prepared.artifact),
-                "model_store": str(prepared.model_store or ""),
+                "model_store": str(own_copy(prepared.model_store, rp.identity, "models")),
                 "spawned_at": spawned_at, "env": user[0]}
         with self._lock:
             self.replicas[replica_id] = rp
@@ -316,6 +310,7 @@ class ReplicaSupervisor:
         port = free_port(s.bind_host)
         address = f"{s.advertise_address}:{port}"
         identity = self.identities.take()
+        bento_dir = own_copy(built.path, identity, "bento")
         env = {
             **WORKER_ENV_DEFAULTS,
             **self._agent_env(),
@@ -325,8 +320,8 @@ class ReplicaSupervisor:
             "LOWTIDE_VERSION": str(version),
             "LOWTIDE_REPLICA_ID": replica_id,
             "LOWTIDE_ADDRESS": address,
-            "LOWTIDE_ARTIFACT": str(built.artifact_path),
-            "LOWTIDE_MODEL_STORE": str(prepared.model_store or ""),
+            "LOWTIDE_ARTIFACT": str(bento_dir / built.artifact_path.relative_to(built.path)),
+            "LOWTIDE_MODEL_STORE": str(own_copy(prepared.model_store, identity, "models")),
             "BENTOML_HOME": str(s.bentoml_home),
             "PYTHONUNBUFFERED": "1",
             "LOWTIDE_START_PATH": "full",
@@ -334,8 +329,8 @@ class ReplicaSupervisor:
             **self.gpu_env(gpus),
             **identity.env(),
         }
-        cmd = [python, "-c", RUN_BENTOML, "bentoml", "serve", built.tag, "--host", s.bind_host,
-               "--port", str(port)]
+        cmd = [python, "-c", RUN_BENTOML, "bentoml", "serve", str(bento_dir), "--host",
+               s.bind_host, "--port", str(port)]
         proc = self._popen(cmd, env, identity)
         rp = ReplicaProcess(endpoint, version, replica_id, address, proc, time.time(), gpus,
                             hidden=user_vars[1], identity=identity)

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from lowtide.workers import replica_user
-from lowtide.workers.replica_user import Identities, ReplicaUser, make_readable, prepare_home
+from lowtide.workers.replica_user import (
+    Identities,
+    ReplicaUser,
+    make_readable,
+    own_copy,
+    prepare_home,
+)
 
 
 def _mode(path: Path) -> int:
@@ -29,7 +35,9 @@ def test_the_home_is_reached_by_name_and_the_clusters_files_stay_private(tmp_pat
     assert _mode(home) == 0o711
     assert _mode(home / "config.json") == 0o600
     assert _mode(home / "redis") == 0o700
-    assert _mode(home / "blobs") == 0o711 and _mode(home / "modelstores") == 0o711
+    assert _mode(home / "blobs") == 0o711  # the blob cache: files by digest
+    assert _mode(home / "modelstores") == 0o700  # replicas get copies of theirs
+    assert _mode(home / "bentoml" / "bentos") == 0o700
     assert _mode(home / "blobs" / "ab") == 0o700 and _mode(home / "blobs" / "tmp") == 0o700
 
 
@@ -103,3 +111,20 @@ def test_identities_give_each_process_a_uid_and_scratch_and_reuse_uids_last(
     assert identities._slots == {1, 2} and third.scratch.exists()
     identities.release(third)
     assert third.user.uid == replica_user.UID_BASE + 2  # the freed uid is reused last
+
+
+def test_a_replica_gets_its_own_copy_of_its_bento_and_model_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "model" / "v1").mkdir(parents=True)
+    (tmp_path / "blob").write_text("weights")
+    (store / "model" / "v1" / "w.bin").symlink_to(tmp_path / "blob")
+    (store / "model" / "latest").write_text("v1")
+    store.chmod(0o700)
+    me = ReplicaUser("someone", os.getuid(), os.getgid())
+    identity = Identities(me, tmp_path / "scratch").take()
+    copy = own_copy(store, identity, "models")
+    assert copy == identity.scratch / "models" and _mode(identity.scratch) == 0o700
+    assert (copy / "model" / "v1" / "w.bin").is_symlink()  # links, not the weights
+    assert (copy / "model" / "v1" / "w.bin").read_text() == "weights"
+    assert _mode(copy) == 0o755
+    assert own_copy(None, identity, "models") == ""
