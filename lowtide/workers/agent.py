@@ -24,7 +24,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from .. import _keys
 from .._redis import Backoff, sync_redis
-from . import bento, replica_user
+from . import replica_user
 from .health import serve_health
 from .resources import Gpus, ReplicaSampler, host_capacity, host_usage
 from .settings import AgentSettings
@@ -274,8 +274,8 @@ class Agent:
             log.warning("cannot check the replicas' Redis users: %s", exc)
 
     # ---- jobs (lowtide.workers.jobs) ---------------------------------------------------
-    def build(self, endpoint: str, version: int) -> bento.BuiltBento:
-        return self.supervisor.build(endpoint, version)
+    def prepare_version(self, endpoint: str, version: int) -> str:
+        return self.supervisor.prepare_version(endpoint, version)
 
     def start_replica(self, endpoint: str, version: int, replica_id: str,
                       gpus: list[int] | None = None) -> str:

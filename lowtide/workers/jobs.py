@@ -7,7 +7,9 @@ from . import agent
 
 
 def build(endpoint: str, version: int) -> str:
-    return agent.current().build(endpoint, version).tag
+    """A deploy's job on each host (`Supervisor.prepare_version`): the Bento's tag when one
+    was built, else ''."""
+    return agent.current().prepare_version(endpoint, version)
 
 
 def start_replica(endpoint: str, version: int, replica_id: str,

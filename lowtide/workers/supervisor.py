@@ -118,6 +118,25 @@ class ReplicaSupervisor:
         self.reap()
 
     # ---- starting and stopping --------------------------------------------------------
+    def prepare_version(self, endpoint: str, version: int) -> str:
+        """A deploy's job on each host: fetch the version's blobs (a cold start finds its
+        weights on disk) and build its Bento only when its replicas take the full path here
+        (a GPU, or requirements this environment lacks). A pool worker serves the others,
+        and their rare full-path start (the pool used up) builds it then: a thousand
+        deploys are not a thousand builds on every host."""
+        spec_raw = self.redis.hget(_keys.deployment(endpoint), "spec")
+        if spec_raw is None:
+            raise LookupError(f"deployment {endpoint} v{version} is gone")
+        spec = json.loads(spec_raw)
+        if spec.get("gpu") or self.pool is None or bento.unsatisfied(
+                spec.get("requirements", [])):
+            return self.build(endpoint, version).tag
+        key = _keys.build_state(endpoint, version, self.settings.host_id)
+        with self.blobs.holding(endpoint, version, f"fetch-{endpoint}-{version}"):
+            pass
+        self.redis.set(key, "ready", ex=86400)  # startable here: a pool worker serves it
+        return ""
+
     def build(self, endpoint: str, version: int) -> bento.BuiltBento:
         with self._lock:
             lock = self._build_locks.setdefault((endpoint, version), threading.Lock())
