@@ -80,7 +80,8 @@ class Lowtide:
     def __init__(self, cluster: Any, http: httpx.Client, tmp: Path, args: Any) -> None:
         self.cluster, self.http, self.args = cluster, http, args
         self.client = cluster.client()
-        self.shared = tmp / "shared"  # written by replicas (maybe another user's)
+        tmp.chmod(0o711)  # replicas (maybe another user) reach the shared folder below
+        self.shared = tmp / "shared"  # written by replicas
         self.shared.mkdir(mode=0o777)
         self.shared.chmod(0o777)
         self.headers = {"Authorization": f"Bearer {cluster.config.token}"}

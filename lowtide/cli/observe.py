@@ -100,6 +100,8 @@ def cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         startup = item.get("startup") or {}
         started = (f"  started via {startup['path']} in {startup['total_s'] * 1000:.0f} ms"
                    if "total_s" in startup else "")
+        if startup.get("preloaded"):
+            started += f" ({', '.join(startup['preloaded'])} preloaded)"
         gpus = f"  gpu {','.join(map(str, item['gpus']))}" if item.get("gpus") else ""
         print(f"  {item['id']}  {item['state']:<9} v{item['version']}  {item['host']}  "
               f"{item['address'] or '-'}  in-flight {item['in_flight']}/{item['limit']}"

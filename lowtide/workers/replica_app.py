@@ -68,7 +68,7 @@ def enter_pool() -> None:
     names = os.environ.get("LOWTIDE_POOL_PRELOAD")
     base = names.split(",") if names else list(PRELOAD)
     learned = [n for n in os.environ.get("LOWTIDE_POOL_PACKAGES", "").split(",") if n]
-    for name in [*base, *learned]:
+    for name in dict.fromkeys([*base, *learned]):  # once each: a learned one may be common
         try:
             importlib.import_module(name)
         except Exception as exc:  # a package broken on import must not break the pool
