@@ -2,7 +2,7 @@
 the stream) against admitting everything (LOWTIDE_FIXED_CONCURRENCY=1000), both through the
 activator, one replica, wrk closed loops at 32, 128 and 512 connections.
 
-    pip install -e '.[bench]' scikit-learn; python bench/saturation.py [--duration 4] [--rounds 2]
+    pip install -e '.[bench]' scikit-learn; python bench/saturation.py [--duration 3] [--rounds 2]
 
 Two clusters run side by side (one with each setting) and the measurements take turns
 (learned, admit-all, learned, ...), so a slow spell of a shared machine does not fall on one
@@ -10,11 +10,25 @@ side alone; each figure is the mean (req/s) or median (p50, p99) over the rounds
 trivial (returns its argument), CPU-bound (about 20 ms of pure Python) and a scikit-learn
 RandomForest (50 trees) predicting one digits row.
 
-Redis commands per request: INFO commandstats of the learned cluster's Redis before and
-after each of its measurements, every command counted (the background ones too: heartbeats,
-the autoscaler, the activator's flushes), divided by the requests the activator answered
-meanwhile (its own counter: wrk counts only the calls that both started and ended in the
-window, far fewer than were served when a call takes seconds).
+How each measurement runs, so that a slow function at 512 callers measures its steady state:
+- throughput is counted by the activator (its 200 answers for the endpoint) over a window
+  that starts after a warm-up inside the same wrk run: a closed loop of c callers of a
+  function that serves X calls a second turns over once every c / X seconds (10 s for 512
+  callers of a 20 ms function), and with every call admitted the replica shares its one
+  core among all of them, so the first answers come only after about that long and later
+  ones in bursts. The warm-up is one such turn (at the rate measured so far for the
+  function; at most 12 s), the window at least `--duration` and two turns (at most 12 s);
+- p50 and p99 are wrk's, over the whole run (warm-up included);
+- afterwards the side is left to settle (its replica and its activator run nothing) before
+  the other side is measured: calls that wrk's callers had sent still run when wrk stops,
+  and would otherwise take the other side's CPU.
+
+Redis commands per request: INFO commandstats of the learned cluster's Redis over the same
+window, less the background's rate (heartbeats, the autoscaler, the activator's flushes,
+the replica's stream polls: measured with the endpoint idle before its loads), divided by
+the requests the activator answered in it; and the share of those requests it sent to the
+stream (its spilled counter: a long expected wait, its queue bound, refused as busy too
+often).
 """
 
 from __future__ import annotations
@@ -23,8 +37,11 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +54,10 @@ from _stats import table
 from limits import cpu_bound, sklearn_model
 
 from lowtide import Client
-from lowtide._local import start_local_cluster
+from lowtide._local import LocalCluster, start_local_cluster
 
 CONNECTIONS = (32, 128, 512)
+MAX_WINDOW_S = 12.0
 
 
 def trivial(x: int) -> int:
@@ -52,15 +70,72 @@ def functions() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
             ("sklearn-rf", predict, body)]
 
 
-def answered(activator_url: str) -> float:
-    text = httpx.get(f"{activator_url}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("lowtide_activator_requests_total{"))
+@dataclass
+class Side:
+    name: str
+    cluster: LocalCluster
+    client: Client
+    redis: Redis
+    url: str = ""
+
+    idle_commands_per_s: float = 0.0  # the background's (heartbeats, autoscaler, flushes)
+
+    def counters(self, endpoint: str) -> tuple[float, float]:
+        """The endpoint's 200 answers and its synchronous requests sent to the stream so
+        far, as the activator counts them."""
+        text = httpx.get(f"{self.cluster.config.activator_url}/metrics", timeout=30).text
+        tag = f'endpoint="{endpoint}"'
+        lines = [line for line in text.splitlines() if tag in line]
+        return (sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                    if line.startswith("lowtide_activator_requests_total{")
+                    and 'status="200"' in line),
+                sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                    if line.startswith("lowtide_activator_spilled_total{")))
+
+    def measure_idle(self, seconds: float = 3.0) -> None:
+        before = self.commands()
+        time.sleep(seconds)
+        self.idle_commands_per_s = (self.commands() - before) / seconds
+
+    def commands(self) -> int:
+        return sum(int(v["calls"]) for v in self.redis.info("commandstats").values())
+
+    def settle(self, endpoint: str, timeout_s: float = 120.0) -> None:
+        """Wait until the replica runs nothing and nothing waits (in memory or the stream)."""
+        deadline = time.monotonic() + timeout_s
+        time.sleep(1.0)  # the heartbeat reports in_flight about once a second
+        while time.monotonic() < deadline:
+            s = self.client.status(endpoint)
+            busy = sum(r.get("in_flight") or 0 for r in s["replicas"]["items"])
+            queue = s.get("queue") or {}
+            if not busy and not queue.get("depth") and not queue.get("in_memory"):
+                return
+            time.sleep(0.5)
 
 
-def commands(redis: Redis) -> int:
-    stats = redis.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
+@dataclass
+class Measured:
+    rps: float  # counted by the activator over the window
+    wrk: LoadResult
+    commands_per_request: float  # over the background's rate
+    spilled: float  # the share of the window's requests sent to the stream
+
+
+def measure(side: Side, endpoint: str, body: dict[str, Any], connections: int,
+            warm_s: float, window_s: float) -> Measured:
+    out: list[LoadResult] = []
+    run = threading.Thread(target=lambda: out.append(
+        wrk_closed(side.url, body, connections, warm_s + window_s + 1)))
+    run.start()
+    time.sleep(warm_s)
+    (n0, s0), c0, t0 = side.counters(endpoint), side.commands(), time.monotonic()
+    time.sleep(window_s)
+    (n1, s1), c1, t1 = side.counters(endpoint), side.commands(), time.monotonic()
+    run.join()
+    side.settle(endpoint)
+    n = max(1.0, n1 - n0)
+    extra = max(0.0, c1 - c0 - side.idle_commands_per_s * (t1 - t0))
+    return Measured((n1 - n0) / (t1 - t0), out[0], extra / n, (s1 - s0) / n)
 
 
 def deploy(client: Client, name: str, fn: Callable[..., Any], body: dict[str, Any]) -> str:
@@ -72,63 +147,64 @@ def deploy(client: Client, name: str, fn: Callable[..., Any], body: dict[str, An
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per window, at least")
     p.add_argument("--rounds", type=int, default=2, help="measurements per side and load")
     p.add_argument("--connections", type=int, nargs="*", default=list(CONNECTIONS))
     p.add_argument("--only", nargs="*", help="function labels to run (default: all)")
     args = p.parse_args()
     fns = [f for f in functions() if not args.only or f[0] in args.only]
     rows = [["function", "conns", "limit", "learned req/s", "admit-all req/s", "ratio",
-             "learned p50/p99 ms", "admit-all p50/p99 ms", "Redis cmds/req (learned)"]]
+             "learned p50/p99 ms", "admit-all p50/p99 ms", "Redis cmds/req (learned)",
+             "spilled (learned)", "warm-up+window s"]]
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, ExitStack() as stack:
-        learned_cluster = stack.enter_context(start_local_cluster(Path(tmp) / "learned"))
-        fixed_cluster = stack.enter_context(start_local_cluster(
-            Path(tmp) / "fixed", env={"LOWTIDE_FIXED_CONCURRENCY": "1000"}))
-        learned_client, fixed_client = learned_cluster.client(), fixed_cluster.client()
-        redis = Redis.from_url(learned_cluster.config.redis_url)
-        activator = learned_cluster.config.activator_url
+        sides = []
+        for name, env in (("learned", {}), ("admit-all", {"LOWTIDE_FIXED_CONCURRENCY": "1000"})):
+            cluster = stack.enter_context(start_local_cluster(Path(tmp) / name, env=env))
+            sides.append(Side(name, cluster, cluster.client(),
+                              Redis.from_url(cluster.config.redis_url)))
+        learned_side = sides[0]
         for label, fn, body in fns:
             name = f"bench-{label}"
-            urls = {"learned": deploy(learned_client, name, fn, body),
-                    "fixed": deploy(fixed_client, name, fn, body)}
+            for side in sides:
+                side.url = deploy(side.client, name, fn, body)
+            rate = max(wrk_closed(s.url, body, 8, 2).rps for s in sides)  # and connections open
+            learned_side.measure_idle()
             for c in args.connections:
-                for url in urls.values():  # the limit learns, connections open
-                    wrk_closed(url, body, c, 2)
-                runs: dict[str, list[LoadResult]] = {"learned": [], "fixed": []}
-                per_request: list[float] = []
+                turn_s = c / max(rate, 1.0)  # one turn of the closed loop (Little's law)
+                warm_s = min(MAX_WINDOW_S, max(1.5, 1.2 * turn_s))
+                window_s = min(MAX_WINDOW_S, max(args.duration, 2 * turn_s))
+                runs: dict[str, list[Measured]] = {s.name: [] for s in sides}
                 for _ in range(args.rounds):
-                    for side, url in urls.items():
-                        if side == "learned":
-                            before = commands(redis), answered(activator)
-                        r = wrk_closed(url, body, c, args.duration)
-                        runs[side].append(r)
-                        if side == "learned":
-                            n = answered(activator) - before[1]
-                            per_request.append((commands(redis) - before[0]) / max(1, n))
-                learned, fixed = (_mean(runs["learned"]), _mean(runs["fixed"]))
-                limit = learned_client.status(name)["replicas"]["items"][0]["limit"]
-                rows.append([label, str(c), str(limit), f"{learned.rps:.0f}",
-                             f"{fixed.rps:.0f}",
-                             f"{learned.rps / max(fixed.rps, 1e-9):.2f}",
-                             f"{learned.p50_ms:.0f}/{learned.p99_ms:.0f}",
-                             f"{fixed.p50_ms:.0f}/{fixed.p99_ms:.0f}",
-                             f"{statistics.median(per_request):.2f}"])
+                    for side in sides:
+                        runs[side.name].append(measure(side, name, body, c, warm_s, window_s))
+                learned, fixed = runs["learned"], runs["admit-all"]
+                l_rps = statistics.fmean(m.rps for m in learned)
+                f_rps = statistics.fmean(m.rps for m in fixed)
+                rate = max(rate, l_rps, f_rps)
+                items = learned_side.client.status(name)["replicas"]["items"]
+                limit = items[0]["limit"] if items else "?"
+                rows.append([label, str(c), str(limit), f"{l_rps:.0f}", f"{f_rps:.0f}",
+                             f"{l_rps / max(f_rps, 1e-9):.2f}", _latency(learned),
+                             _latency(fixed),
+                             f"{statistics.median(m.commands_per_request for m in learned):.2f}",
+                             f"{statistics.fmean(m.spilled for m in learned):.1%}",
+                             f"{warm_s:.1f}+{window_s:.1f}"])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-            learned_client.delete(name)
-            fixed_client.delete(name)
-        redis.close()
-        learned_client.close()
-        fixed_client.close()
-    print(f"one replica per side, wrk closed loop, {args.rounds} x {args.duration:g} s per "
-          "side and load, interleaved")
+            for side in sides:
+                side.client.delete(name)
+        for side in sides:
+            side.redis.close()
+            side.client.close()
+    print(f"one replica per side, wrk closed loop, {args.rounds} rounds per side and load, "
+          f"interleaved; req/s counted by the activator over the window (after the warm-up); "
+          f"{time.monotonic() - started:.0f} s in all")
     print(table(rows))
 
 
-def _mean(runs: list[LoadResult]) -> LoadResult:
-    return LoadResult(sum(r.n for r in runs), sum(r.errors for r in runs),
-                      statistics.fmean(r.rps for r in runs),
-                      statistics.median(r.p50_ms for r in runs),
-                      statistics.median(r.p99_ms for r in runs))
+def _latency(runs: list[Measured]) -> str:
+    return (f"{statistics.median(m.wrk.p50_ms for m in runs):.0f}/"
+            f"{statistics.median(m.wrk.p99_ms for m in runs):.0f}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .. import _keys
 from .._auth import Access
 from .._failing import Failing
 from .._redis import follow
-from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
+from ..limiter import HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 from .admission import usable
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 RESYNC_S = 2.0
 UNUSED_FORGET_S = 60.0  # an endpoint without replicas and requests this long leaves the view
 INITIAL_LIMIT = LimiterConfig().initial_limit  # for a record that names no limit
-_LIMIT, _NO_LOAD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower()
+_LIMIT, _NO_LOAD, _HOLD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower(), HOLD_HEADER.lower()
 
 
 @dataclass
@@ -51,10 +51,13 @@ class ReplicaRoute:
     no_load_ms: float | None = None  # the replica's no-load latency, as last reported
     requests: int = 0  # answered directly by it, through this activator
     share: float | None = None  # of its limit, learned from busy answers (admission.py)
+    ahead: int = 0  # calls kept in flight past the limit: 1 while it holds one for a slot
 
     def room(self) -> int:
-        """Slots this activator may still fill on it."""
-        return usable(self.limit, self.share) - self.in_flight
+        """Slots this activator may still fill on it (one more than its limit or share when
+        the replica holds a call over it for a slot: that one starts as a slot frees, with
+        no round trip through this activator in between)."""
+        return usable(self.limit, self.share) + self.ahead - self.in_flight
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Take the limit a replica reported in the headers of a direct answer (names in
@@ -66,6 +69,10 @@ class ReplicaRoute:
         if raw is not None:
             with contextlib.suppress(ValueError):
                 self.no_load_ms = float(raw)
+        raw = headers.get(_HOLD)
+        if raw is not None:
+            with contextlib.suppress(ValueError):
+                self.ahead = 1 if float(raw) > 0 else 0
 
 
 @dataclass

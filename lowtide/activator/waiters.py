@@ -155,18 +155,22 @@ class Waiters:
         or the endpoint lost its replicas (the caller spills the request to the stream).
         Cancelled (the caller went away) after a slot was taken, it hands the slot on."""
         fut = waiter.future
+        # a timer that ends the wait (cheaper than asyncio.wait's per-call machinery: this
+        # runs for every request past the replicas' limits)
+        timer = asyncio.get_running_loop().call_later(max(0.0, timeout_s), _expire, fut)
         try:
-            await asyncio.wait((fut,), timeout=max(0.0, timeout_s))
+            replica = await fut
         except asyncio.CancelledError:
             taken = fut.result() if fut.done() and not fut.cancelled() else None
             self._abandon(name, waiter)
             if taken is not None:
                 self.release(name, taken)
             raise
-        if not fut.done():
-            self._abandon(name, waiter)
-            return None
-        return fut.result()
+        finally:
+            timer.cancel()
+        if replica is None:
+            self._abandon(name, waiter)  # past its bound (or no replica: already gone)
+        return replica
 
     def release(self, name: str, replica: ReplicaRoute) -> None:
         """A call through this activator left the replica: its slot goes to the oldest
@@ -229,3 +233,8 @@ class Waiters:
         if q is not None:
             with contextlib.suppress(ValueError):  # already handed a slot, or released
                 q.waiters.remove(waiter)
+
+
+def _expire(fut: asyncio.Future[ReplicaRoute | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError, WatchError
 from .. import _keys
 from .._protocol import QueuedRequest, Result
 from .._redis import Backoff, async_redis
-from ..limiter import LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
+from ..limiter import HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
 from .blobcache import use_model_store
 from .features import Features
 from .fence import ROUTES_MARKER
@@ -57,6 +57,7 @@ PRELOADED: list[str] = []
 HEARTBEAT_S = 1.0
 ALIVE_TTL_S = 3
 FAIL_REPORT_TIMEOUT_S = 5.0
+HOLD_SERVICE_TIMES = 4.0  # a direct call over the limit waits this many service times here
 
 
 
@@ -202,8 +203,9 @@ class Replica:
 
     async def run_direct(self, content_type: str, body: bytes, timeout_s: float,
                          method: str = "") -> Result | None:
-        """Run a direct call; None when the replica is at its limit (nothing ran)."""
-        if not self.slots.try_acquire():
+        """Run a direct call; None when the replica stayed at its limit for longer than it
+        holds a call for a slot (`hold_s`; nothing ran)."""
+        if not await self.slots.acquire_within(self.hold_s()):
             return None
         try:
             return await self._measured(method, content_type, body, timeout_s)
@@ -275,9 +277,20 @@ class Replica:
     def _admit_limit(self) -> int:
         return self.features.limit(self.limiter.admit_limit)
 
+    def hold_s(self) -> float:
+        """How long a direct call over the limit waits here for a slot: a few service times
+        (the latency of recent calls, else the no-load latency; 0 before any is known)."""
+        lim = self.limiter
+        latency_s = lim.recent_s if lim.recent_s is not None else lim.no_load_s
+        return 0.0 if latency_s is None else HOLD_SERVICE_TIMES * latency_s
+
     def load_headers(self) -> dict[str, str]:
-        """The learned limit, for the activator that proxied a direct call."""
-        headers = {LIMIT_HEADER: str(self._limit())}
+        """The limit it admits now, for the activator that proxied a direct call (the
+        learned one, or 1 while re-probing its no-load latency: an activator that kept the
+        learned limit in flight meanwhile would have most of it refused as busy), and how
+        long this replica holds a call over it (the activator then keeps one more in flight)."""
+        headers = {LIMIT_HEADER: str(self._admit_limit()),
+                   HOLD_HEADER: f"{self.hold_s() * 1000:.3f}"}
         if self.limiter.no_load_s is not None:
             headers[NO_LOAD_HEADER] = f"{self.limiter.no_load_s * 1000:.3f}"
         return headers
