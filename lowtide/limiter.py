@@ -173,5 +173,6 @@ class GradientLimiter:
 # ---- how a replica reports its limit to the activator (headers of each direct answer) ---
 LIMIT_HEADER = "X-Lowtide-Limit"  # the replica's learned limit
 NO_LOAD_HEADER = "X-Lowtide-No-Load-Ms"  # its no-load latency, when known
+ADMIT_HEADER = "X-Lowtide-Admit"  # the limit it admits now, when below the learned one
 HOLD_HEADER = "X-Lowtide-Hold-Ms"  # how long it holds a direct call over its limit for a slot
 BUSY_HEADER = "X-Lowtide-Busy"  # on a 503: the replica was at its limit, nothing ran

@@ -19,7 +19,8 @@ what the stream holds untaken as last read, the endpoint's service time) and get
 
 Expected wait (Little's law): the waiter's position (behind the waiters here and the
 stream's untaken entries) times the service time, divided by the slots this activator may
-use (the replicas' learned limits, or its learned share of them).
+use (the replicas' learned limits, or its learned share of them, plus the one call each
+replica holds for a slot: the service time is measured here, hold included).
 
 Wait bound: `service_times` times the endpoint's service time (the latency of its direct
 calls through this activator, a moving average; the replicas' no-load latency before any),

@@ -30,7 +30,7 @@ from .. import _keys
 from .._auth import Access
 from .._failing import Failing
 from .._redis import follow
-from ..limiter import HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
+from ..limiter import ADMIT_HEADER, HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, LimiterConfig
 from .admission import usable
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ RESYNC_S = 2.0
 UNUSED_FORGET_S = 60.0  # an endpoint without replicas and requests this long leaves the view
 INITIAL_LIMIT = LimiterConfig().initial_limit  # for a record that names no limit
 _LIMIT, _NO_LOAD, _HOLD = LIMIT_HEADER.lower(), NO_LOAD_HEADER.lower(), HOLD_HEADER.lower()
+_ADMIT = ADMIT_HEADER.lower()
 
 
 @dataclass
@@ -52,12 +53,20 @@ class ReplicaRoute:
     requests: int = 0  # answered directly by it, through this activator
     share: float | None = None  # of its limit, learned from busy answers (admission.py)
     ahead: int = 0  # calls kept in flight past the limit: 1 while it holds one for a slot
+    admit: int | None = None  # what it admits now, when below its limit (re-probing)
+
+    def slots(self) -> int:
+        """Calls this activator keeps in flight on it at most (what the expected wait
+        divides by): its limit or share, and one more when the replica holds a call over
+        it for a slot (that one starts as a slot frees, with no round trip through this
+        activator in between)."""
+        return usable(self.limit, self.share) + self.ahead
 
     def room(self) -> int:
-        """Slots this activator may still fill on it (one more than its limit or share when
-        the replica holds a call over it for a slot: that one starts as a slot frees, with
-        no round trip through this activator in between)."""
-        return usable(self.limit, self.share) + self.ahead - self.in_flight
+        """Slots this activator may still fill on it now (fewer while it re-probes)."""
+        if self.admit is not None:
+            return min(self.slots(), self.admit + self.ahead) - self.in_flight
+        return self.slots() - self.in_flight
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Take the limit a replica reported in the headers of a direct answer (names in
@@ -73,6 +82,8 @@ class ReplicaRoute:
         if raw is not None:
             with contextlib.suppress(ValueError):
                 self.ahead = 1 if float(raw) > 0 else 0
+        raw = headers.get(_ADMIT)
+        self.admit = int(raw) if raw is not None and raw.isdigit() and int(raw) >= 1 else None
 
 
 @dataclass

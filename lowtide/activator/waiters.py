@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from redis.asyncio.client import Pipeline
 
 from .. import _keys
-from .admission import Action, Admission, View, WaitConfig, may_take_slot, smoothed, usable
+from .admission import Action, Admission, View, WaitConfig, may_take_slot, smoothed
 from .routes import EndpointRoute, ReplicaRoute, pick
 
 SPILLED = Counter("lowtide_activator_spilled_total", "Synchronous requests sent to the "
@@ -94,7 +94,7 @@ class Waiters:
     def view(self, endpoint: EndpointRoute, stream_queued: int) -> View:
         """What `admission` decides on."""
         ready = endpoint.ready()
-        return View(ready=len(ready), capacity=sum(usable(r.limit, r.share) for r in ready),
+        return View(ready=len(ready), capacity=sum(r.slots() for r in ready),
                     open_slot=any(r.room() > 0 for r in ready),
                     waiting=self.count(endpoint.name), stream_queued=stream_queued,
                     service_s=self.service_s(endpoint))

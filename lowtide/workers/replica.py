@@ -37,7 +37,7 @@ from redis.exceptions import RedisError, WatchError
 from .. import _keys
 from .._protocol import QueuedRequest, Result
 from .._redis import Backoff, async_redis
-from ..limiter import HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
+from ..limiter import ADMIT_HEADER, HOLD_HEADER, LIMIT_HEADER, NO_LOAD_HEADER, GradientLimiter
 from .blobcache import use_model_store
 from .features import Features
 from .fence import ROUTES_MARKER
@@ -285,12 +285,16 @@ class Replica:
         return 0.0 if latency_s is None else HOLD_SERVICE_TIMES * latency_s
 
     def load_headers(self) -> dict[str, str]:
-        """The limit it admits now, for the activator that proxied a direct call (the
-        learned one, or 1 while re-probing its no-load latency: an activator that kept the
-        learned limit in flight meanwhile would have most of it refused as busy), and how
-        long this replica holds a call over it (the activator then keeps one more in flight)."""
-        headers = {LIMIT_HEADER: str(self._admit_limit()),
+        """The learned limit, for the activator that proxied a direct call; the limit it
+        admits now when lower (1 while re-probing its no-load latency: an activator that
+        kept the learned limit in flight meanwhile would have most of it refused as busy);
+        and how long this replica holds a call over it (the activator then keeps one more
+        in flight)."""
+        headers = {LIMIT_HEADER: str(self._limit()),
                    HOLD_HEADER: f"{self.hold_s() * 1000:.3f}"}
+        admit = self._admit_limit()
+        if admit < self._limit():
+            headers[ADMIT_HEADER] = str(admit)
         if self.limiter.no_load_s is not None:
             headers[NO_LOAD_HEADER] = f"{self.limiter.no_load_s * 1000:.3f}"
         return headers

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from lowtide.activator.routes import ReplicaRoute
-from lowtide.limiter import HOLD_HEADER, LIMIT_HEADER
+from lowtide.limiter import ADMIT_HEADER, HOLD_HEADER, LIMIT_HEADER
 from lowtide.workers.slots import Slots
 
 
@@ -64,8 +64,13 @@ async def test_a_grown_limit_lets_held_calls_in() -> None:
 
 def test_the_activator_keeps_one_more_in_flight_on_a_replica_that_holds() -> None:
     replica = ReplicaRoute("r1", "h:1", 4, in_flight=4)
-    assert replica.room() == 0
+    assert replica.room() == 0 and replica.slots() == 4
     replica.observe({LIMIT_HEADER.lower(): "4", HOLD_HEADER.lower(): "12.5"})
     assert replica.room() == 1  # held there until a slot frees, no round trip idle
-    replica.observe({LIMIT_HEADER.lower(): "1", HOLD_HEADER.lower(): "0.000"})
-    assert replica.room() == -3  # re-probing (limit 1) and no hold known yet: none
+    assert replica.slots() == 5  # what an expected wait divides by
+    # re-probing: it admits one call at a time, the learned limit stands for the wait
+    replica.observe({LIMIT_HEADER.lower(): "4", HOLD_HEADER.lower(): "12.5",
+                     ADMIT_HEADER.lower(): "1"})
+    assert replica.room() == 2 - 4 and replica.slots() == 5
+    replica.observe({LIMIT_HEADER.lower(): "4", HOLD_HEADER.lower(): "0.000"})
+    assert replica.room() == 0  # no hold known (nothing measured yet): the limit alone
