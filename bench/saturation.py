@@ -23,6 +23,11 @@ How each measurement runs, so that a slow function at 512 callers measures its s
   the other side is measured: calls that wrk's callers had sent still run when wrk stops,
   and would otherwise take the other side's CPU.
 
+CPU per request: the CPU seconds of each cluster's processes over the window (wrk's not
+counted) per request answered; on a shared machine this moves less than throughput does
+with what else runs (a side that needs more CPU per request is slower on a busy 2-core
+machine, whatever the neighbours do).
+
 Redis commands per request: INFO commandstats of the learned cluster's Redis over the same
 window, less the background's rate (heartbeats, the autoscaler, the activator's flushes,
 the replica's stream polls: measured with the endpoint idle before its loads), divided by
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,6 +103,23 @@ class Side:
         time.sleep(seconds)
         self.idle_commands_per_s = (self.commands() - before) / seconds
 
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the cluster's processes (Redis, platform, activator,
+        agent, replicas), wrk's excluded."""
+        total = 0.0
+        try:
+            procs = [psutil.Process(self.cluster.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            return total
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
     def commands(self) -> int:
         return sum(int(v["calls"]) for v in self.redis.info("commandstats").values())
 
@@ -119,6 +142,7 @@ class Measured:
     wrk: LoadResult
     commands_per_request: float  # over the background's rate
     spilled: float  # the share of the window's requests sent to the stream
+    cpu_ms: float  # the cluster's CPU per request answered (ms)
 
 
 def measure(side: Side, endpoint: str, body: dict[str, Any], connections: int,
@@ -129,13 +153,16 @@ def measure(side: Side, endpoint: str, body: dict[str, Any], connections: int,
     run.start()
     time.sleep(warm_s)
     (n0, s0), c0, t0 = side.counters(endpoint), side.commands(), time.monotonic()
+    cpu0 = side.cpu_s()
     time.sleep(window_s)
+    cpu1 = side.cpu_s()
     (n1, s1), c1, t1 = side.counters(endpoint), side.commands(), time.monotonic()
     run.join()
     side.settle(endpoint)
     n = max(1.0, n1 - n0)
     extra = max(0.0, c1 - c0 - side.idle_commands_per_s * (t1 - t0))
-    return Measured((n1 - n0) / (t1 - t0), out[0], extra / n, (s1 - s0) / n)
+    return Measured((n1 - n0) / (t1 - t0), out[0], extra / n, (s1 - s0) / n,
+                    (cpu1 - cpu0) * 1000 / n)
 
 
 def deploy(client: Client, name: str, fn: Callable[..., Any], body: dict[str, Any]) -> str:
@@ -155,7 +182,7 @@ def main() -> None:
     fns = [f for f in functions() if not args.only or f[0] in args.only]
     rows = [["function", "conns", "limit", "learned req/s", "admit-all req/s", "ratio",
              "learned p50/p99 ms", "admit-all p50/p99 ms", "Redis cmds/req (learned)",
-             "spilled (learned)", "warm-up+window s"]]
+             "spilled (learned)", "CPU ms/req learned/admit-all", "warm-up+window s"]]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, ExitStack() as stack:
         sides = []
@@ -189,6 +216,8 @@ def main() -> None:
                              _latency(fixed),
                              f"{statistics.median(m.commands_per_request for m in learned):.2f}",
                              f"{statistics.fmean(m.spilled for m in learned):.1%}",
+                             f"{statistics.median(m.cpu_ms for m in learned):.2f}/"
+                             f"{statistics.median(m.cpu_ms for m in fixed):.2f}",
                              f"{warm_s:.1f}+{window_s:.1f}"])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
             for side in sides:
