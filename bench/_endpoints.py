@@ -44,16 +44,24 @@ def batch_view(client: Client, name: str) -> dict[str, Any]:
     return {}
 
 
-def settle(client: Client, name: str) -> None:
-    """Until the endpoint runs and queues nothing (wrk's last requests still run)."""
-    deadline = time.monotonic() + 60
+def settle(client: Client, name: str, timeout_s: float = 120.0) -> None:
+    """Until the endpoint runs and queues nothing: wrk's last requests still run after it
+    stopped, in the replica, in the stream and in the activator's memory, and would slow the
+    next measurement. Two idle looks a heartbeat apart (in-flight is a heartbeat's figure)."""
+    deadline = time.monotonic() + timeout_s
+    idle_looks = 0
     time.sleep(1.0)
-    while time.monotonic() < deadline:
+    while idle_looks < 2:
         st = client.status(name)
         busy = sum(r["in_flight"] for r in st["replicas"]["items"])
-        if not busy and not st["queue"]["depth"]:
+        queue = st["queue"]
+        idle = not busy and not queue["depth"] and not queue.get("in_memory")
+        idle_looks = idle_looks + 1 if idle else 0
+        if time.monotonic() > deadline:
+            print(f"  {name}: still busy after {timeout_s:g} s ({busy} in flight, queue "
+                  f"{queue}); measuring anyway", file=sys.stderr)
             return
-        time.sleep(0.5)
+        time.sleep(1.0)
 
 
 def measured(client: Client, name: str, url: str, body: dict, callers: int, duration_s: float
