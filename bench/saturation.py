@@ -17,7 +17,7 @@ How each measurement runs, so that a slow function at 512 callers measures its s
   callers of a 20 ms function), and with every call admitted the replica shares its one
   core among all of them, so the first answers come only after about that long and later
   ones in bursts. The warm-up is one such turn (at the rate measured so far for the
-  function; at most 12 s), the window at least `--duration` and two turns (at most 12 s);
+  function; at most 10 s), the window at least `--duration` and two turns (at most 10 s);
 - p50 and p99 are wrk's, over the whole run (warm-up included);
 - afterwards the side is left to settle (its replica and its activator run nothing) before
   the other side is measured: calls that wrk's callers had sent still run when wrk stops,
@@ -63,7 +63,7 @@ from lowtide import Client
 from lowtide._local import LocalCluster, start_local_cluster
 
 CONNECTIONS = (32, 128, 512)
-MAX_WINDOW_S = 12.0
+MAX_WINDOW_S = 10.0
 
 
 def trivial(x: int) -> int:
