@@ -269,7 +269,7 @@ class Replica:
             self.slots.set_limit(self._admit_limit())
 
         return await open_direct(fn, self.slots, self.executor, content_type, body,
-                                 timeout_s, accept, self.load_headers(), first)
+                                 timeout_s, accept, self.load_headers(hold=False), first)
 
     def _limit(self) -> int:
         return self.features.limit(self.limiter.limit)
@@ -284,14 +284,14 @@ class Replica:
         latency_s = lim.recent_s if lim.recent_s is not None else lim.no_load_s
         return 0.0 if latency_s is None else HOLD_SERVICE_TIMES * latency_s
 
-    def load_headers(self) -> dict[str, str]:
+    def load_headers(self, hold: bool = True) -> dict[str, str]:
         """The learned limit, for the activator that proxied a direct call; the limit it
         admits now when lower (1 while re-probing its no-load latency: an activator that
         kept the learned limit in flight meanwhile would have most of it refused as busy);
         and how long this replica holds a call over it (the activator then keeps one more
-        in flight)."""
+        in flight; 0 for a generator's call, which is refused at once over the limit)."""
         headers = {LIMIT_HEADER: str(self._limit()),
-                   HOLD_HEADER: f"{self.hold_s() * 1000:.3f}"}
+                   HOLD_HEADER: f"{self.hold_s() * 1000:.3f}" if hold else "0"}
         admit = self._admit_limit()
         if admit < self._limit():
             headers[ADMIT_HEADER] = str(admit)

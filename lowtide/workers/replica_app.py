@@ -148,7 +148,7 @@ async def _invoke(request: Request) -> Response:
         result = answer
     else:
         result = await replica.run_direct(content_type, body, timeout_s, method)
-    headers = replica.load_headers()
+    headers = replica.load_headers(hold=not replica.streams(method))
     if result is None:
         return JSONResponse({"error": "busy", "detail": "the replica is at its concurrency "
                              "limit"}, status_code=503, headers={**headers, BUSY_HEADER: "1"})
