@@ -14,6 +14,9 @@ DEPLOYMENT_NAMES = PREFIX + "deployments:byname"
 PLATFORMS = PREFIX + "platforms"  # sorted set: platform instance id -> last claim (ms)
 PLATFORM_EVENTS = PREFIX + "platform:events"  # stream: shards taken over, capped
 ACTIVE = PREFIX + "active"  # set of the endpoints whose desired replicas are above zero
+# sorted set: endpoint -> when its desired replicas went to zero (or it was deleted); with
+# ACTIVE, the endpoints that may still have replica records (placement reads only those)
+COOLING = PREFIX + "cooling"
 HOSTS = PREFIX + "hosts"  # hash host_id -> host description (JSON)
 WAKE_CHANNEL = PREFIX + "wake"  # pubsub: endpoint name, sent by the activator when cold
 ROUTES_CHANNEL = PREFIX + "routes"  # pubsub: endpoint name whose replicas or spec changed

@@ -359,6 +359,7 @@ class PlatformAPI:
             pipe.srem(_keys.DEPLOYMENTS, name)
             pipe.zrem(_keys.DEPLOYMENT_NAMES, name)
             pipe.srem(_keys.ACTIVE, name)
+            pipe.zadd(_keys.COOLING, {name: time.time()})  # its replicas are stopping
             pipe.delete(_keys.deployment(name), _keys.artifact(name, dep.version),
                         _keys.deployed_version(name), _keys.stats(name),
                         _keys.invoke_keys(name), _keys.learned(name))

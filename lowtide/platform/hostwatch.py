@@ -91,7 +91,7 @@ class HostWatcher:
             await asyncio.to_thread(queue.empty)  # void; a returning agent stops the
         recent = self._lost_on.pop(host_id, {})  # replicas it still runs
         endpoints = {name for name, at in recent.items() if now - at <= RECENT_LOSS_S}
-        for name, records in (await state.all_replicas(self.redis)).items():
+        for name, records in (await state.all_replicas(self.redis, everyone=True)).items():
             if any(r.host == host_id for r in records):
                 endpoints.add(name)
         for name in sorted(endpoints):

@@ -368,6 +368,7 @@ class Scaler:
                 pipe.sadd(_keys.ACTIVE, name)
             else:
                 pipe.srem(_keys.ACTIVE, name)
+                pipe.zadd(_keys.COOLING, {name: now})
             await pipe.execute()
         dep.desired = d.desired
         DECISIONS.labels(kind=d.kind).inc()

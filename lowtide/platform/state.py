@@ -251,9 +251,27 @@ async def forget_host(redis: Redis, host_id: str) -> None:
     await redis.hdel(_keys.HOSTS, host_id)
 
 
-async def all_replicas(redis: Redis) -> dict[str, list[ReplicaRecord]]:
-    """endpoint -> its replica records (without heartbeats), for every deployment."""
-    names = sorted(n.decode() for n in await redis.smembers(_keys.DEPLOYMENTS))
+HOLDERS_WINDOW_S = 3600.0  # an endpoint at zero this long has no replica record left
+
+
+async def replica_holders(redis: Redis, now: float | None = None) -> list[str]:
+    """The endpoints that may have replica records: those with desired replicas, and those
+    that went to zero (or were deleted) within HOLDERS_WINDOW_S (their replicas stop). Not
+    the thousands idle for longer: what reads replica records per start follows activity."""
+    cutoff = (time.time() if now is None else now) - HOLDERS_WINDOW_S
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(_keys.ACTIVE)
+        pipe.zrangebyscore(_keys.COOLING, cutoff, "+inf")
+        pipe.zremrangebyscore(_keys.COOLING, "-inf", f"({cutoff}")
+        active, cooling, _ = await pipe.execute()
+    return sorted({n.decode() for n in active} | {n.decode() for n in cooling})
+
+
+async def all_replicas(redis: Redis, everyone: bool = False) -> dict[str, list[ReplicaRecord]]:
+    """endpoint -> its replica records (without heartbeats): of the `replica_holders`, or
+    of every deployment (`everyone`: a lost host's, which must miss none)."""
+    names = (sorted(n.decode() for n in await redis.smembers(_keys.DEPLOYMENTS)) if everyone
+             else await replica_holders(redis))
     if not names:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
