@@ -20,7 +20,7 @@ from lowtide.sdk import (
     LowtideError,
     Overloaded,
 )
-from lowtide.sdk._client import decode_result, encode_call
+from lowtide.sdk._codec import decode_result, encode_call
 from lowtide.sdk._pickling import parameter_names
 from lowtide.workers import runtime
 
