@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -29,6 +30,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -78,6 +80,28 @@ class Backoff:
 
     def reset(self) -> None:
         self.current_s = 0.0
+
+
+async def until_done(op: Callable[[], Awaitable[T]], stop: asyncio.Event, *, what: str,
+                     max_s: float = 2.0) -> T | None:
+    """Run `op` until it gets through Redis, retrying with backoff while Redis is away
+    (logged once per outage), or until `stop` (None). For a component's start-up steps: a
+    platform that met Redis restarting during its own start used to exit."""
+    backoff = Backoff(max_s=max_s)
+    while not stop.is_set():
+        try:
+            result = await op()
+        except (RedisError, OSError) as exc:
+            if backoff.current_s == 0:
+                log.warning("%s: Redis is not answering (%s); retrying until it does",
+                            what, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_s())
+            continue
+        if backoff.current_s:
+            log.info("%s: Redis answers again", what)
+        return result
+    return None
 
 
 async def follow(

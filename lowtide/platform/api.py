@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .. import _auth, _keys
 from .._failing import Failing
@@ -48,6 +50,7 @@ from .series import SeriesRecorder
 from .settings import PlatformSettings
 from .ui import sessions
 
+log = logging.getLogger(__name__)
 DEPLOYS = Counter("lowtide_platform_deployments_total", "Deployments created or replaced")
 
 
@@ -484,7 +487,11 @@ def build_app(settings: PlatformSettings, redis: Redis, scaler: Scaler,
     api = PlatformAPI(settings, redis, scaler, recorder, store)
 
     async def index_names(_app: web.Application) -> None:
-        await listing.ensure_index(redis)
+        try:
+            await listing.ensure_index(redis)
+        except RedisError as exc:  # the next start indexes what is missing
+            log.warning("could not index the deployment names (Redis: %s); `lowtide ls` may "
+                        "miss deployments made before this version until the next start", exc)
 
     app.on_startup.append(index_names)
     app.router.add_post("/v1/deployments", api.create)

@@ -10,7 +10,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .. import _keys
-from .._redis import async_redis, sync_redis
+from .._redis import async_redis, sync_redis, until_done
 from .._run import serve_app, supervise
 from .api import build_app
 from .blobs import BlobCollector, FileBlobStore
@@ -45,9 +45,13 @@ async def serve(settings: PlatformSettings, stop: asyncio.Event) -> None:
     scaler.observed = recorder.observe
     store = FileBlobStore(settings.blob_dir)
     collector = BlobCollector(store, redis)
+    # Redis may be restarting while this platform starts (a restart of both, a chaos
+    # soak): its start-up steps wait for it instead of exiting
+    await until_done(redis.ping, stop, what="platform start")
     runner = await serve_app(build_app(settings, redis, scaler, recorder, store),
                              settings.host, settings.port)
-    await publish_url(redis, settings, runner)
+    await until_done(lambda: publish_url(redis, settings, runner), stop,
+                     what="publishing the blob URL")
     log.info("platform %s: API on http://%s:%d (keep-alive: %s)", shards.id, settings.host,
              settings.port, "platform policy" if settings.keep_alive_s is None
              else f"{settings.keep_alive_s:g} s")

@@ -301,6 +301,26 @@ def test_platform_restart_continues_from_redis_state(
     assert decisions and decisions[0]["to"] >= 1, decisions
 
 
+def test_platform_started_while_redis_is_away_waits_for_it(
+    lc: LocalComponents, client: Client
+) -> None:
+    """A platform that meets Redis away during its own start waits for it (it used to exit
+    with a ConnectionError: seen in the chaos soak, a platform restart and a Redis restart
+    close together)."""
+    lc.kill("platform", signal.SIGKILL)
+    lc.stop_redis(signal.SIGTERM)
+    lc.start_component("platform")
+    time.sleep(3)
+    assert lc.procs["platform"].running(), lc.log_tail("platform")
+    lc.start_redis()
+    lc.wait_ready()
+    assert "Redis is not answering" in lc.log_tail("platform")
+    name = _name("after-wait")
+    ep = client.deploy(tagged, name=name)
+    p = _payloads(1)[0]
+    _check(p, *_post(ep.url, p))
+
+
 # ---- Redis ------------------------------------------------------------------------------
 def test_redis_restart_with_aof_everyone_reconnects(
     lc: LocalComponents, client: Client
