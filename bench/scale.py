@@ -230,6 +230,7 @@ def measure_level(b: Bench, n: int, args: argparse.Namespace, sdk_s: float,
     settle_s = b.settle(busy + 1)
     wait_until(lambda: b.metric("lowtide_platform_charted_endpoints", '{state="parked"}') == 0,
                "the dashboard series to close the idle endpoints' buckets", 300)
+    time.sleep(5.0)  # their closed buckets are written in one burst after they leave the count
     print(f"level {n}: the platform settled {settle_s:.0f} s after the level was known",
           file=sys.stderr)
     looks_before = b.metric("lowtide_platform_reconciles_total")
