@@ -209,9 +209,9 @@ class Batcher:
             log.error("a batch failed", exc_info=task.exception())
 
     async def _run(self, batch: list[_Item]) -> None:
-        started = self._clock()
         try:
-            results = await self._call(batch, min(i.end_by for i in batch) - started)
+            results, run_s = await self._call(
+                batch, min(i.end_by for i in batch) - self._clock())
         except BaseException as exc:  # an answer for every caller, whatever happened
             results = [error_result(500, "internal error", f"{type(exc).__name__} while "
                                     "running a batch (see `lowtide logs`)")] * len(batch)
@@ -219,29 +219,41 @@ class Batcher:
                 _answer(batch, results)
                 raise
         else:
-            if results[0].status != 504:
-                self.policy.on_batch(len(batch), self._clock() - started)
+            if run_s is not None:
+                self.policy.on_batch(len(batch), run_s)
         _answer(batch, results)
 
-    async def _call(self, batch: list[_Item], timeout_s: float) -> list[Result]:
+    async def _call(self, batch: list[_Item], timeout_s: float
+                    ) -> tuple[list[Result], float | None]:
+        """Each caller's answer, and how long the batch ran (None: it timed out). A sync
+        function's call and its outputs' encoding both run in the executor thread, timed
+        there: the learned line then counts the batch's own cost, not the event loop's
+        delay in noticing it ended, and the loop thread does no per-item JSON work while
+        it serves callers (it would compete with the next batch for the GIL)."""
         args, kwargs = self._columns(batch)
-        fn = self.fn
+        fn, n, clock = self.fn, len(batch), self._clock
+
+        def run_and_encode() -> tuple[list[Result], float]:
+            started = clock()
+            try:
+                outputs = fn.fn(*args, **kwargs)
+            except BaseException as exc:
+                return [raised(exc)] * n, clock() - started
+            return split_outputs(outputs, n), clock() - started
+
         if fn.is_async:
-            call: asyncio.Future[Any] = asyncio.ensure_future(fn.fn(*args, **kwargs))
+            call: asyncio.Future[Any] = asyncio.ensure_future(
+                _timed_async(fn.fn(*args, **kwargs), n, clock))
         else:
-            call = asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: fn.fn(*args, **kwargs))
+            call = asyncio.get_running_loop().run_in_executor(self._executor, run_and_encode)
         done, _ = await asyncio.wait({call}, timeout=max(0.0, timeout_s))
         if not done:
             call.cancel()
             if fn.is_async:
                 await asyncio.wait({call}, timeout=CANCEL_GRACE_S)
-            return [timeout_result(round(timeout_s, 3))] * len(batch)
-        try:
-            outputs = call.result()
-        except BaseException as exc:
-            return [raised(exc)] * len(batch)
-        return split_outputs(outputs, len(batch))
+            return [timeout_result(round(timeout_s, 3))] * n, None
+        results, run_s = call.result()
+        return results, run_s
 
     def _columns(self, batch: list[_Item]) -> tuple[list[list[Any]], dict[str, list[Any]]]:
         """One list per parameter, in the callers' order."""
@@ -279,6 +291,18 @@ def split_outputs(outputs: Any, n: int) -> list[Result]:
                              f"the batched function returned {len(outputs)} outputs for {n} "
                              "inputs; return exactly one output per input, in order")] * n
     return [encode_value(outputs[i]) for i in range(n)]
+
+
+async def _timed_async(coro: Any, n: int, clock: Callable[[], float]
+                       ) -> tuple[list[Result], float]:
+    started = clock()
+    try:
+        outputs = await coro
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return [raised(exc)] * n, clock() - started
+    return split_outputs(outputs, n), clock() - started
 
 
 def _answer(batch: list[_Item], results: list[Result]) -> None:

@@ -47,6 +47,7 @@ from .runtime import execute, queue_expired_result
 from .slots import Slots
 from .streaming import ChunkStream, open_direct, relay_queued
 from .target import Target, load_artifact
+from .threads import fit_threads
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Replica:
         """Unpickle the artifact, then build the target (a class's constructor), both off
         the event loop: a model load of minutes leaves the server answering health checks."""
         started = time.time()
+        fit_threads(self.settings.cpu)  # before the user's code imports torch
         obj = await asyncio.to_thread(load_artifact, self.settings.artifact_path)
         built = time.time()
         self.phases["load_s"] = built - started

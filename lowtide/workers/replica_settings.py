@@ -23,6 +23,7 @@ class ReplicaSettings:
     start_path: str = "full"  # "pool": a prewarmed worker specialized; "full": a new server
     spawned_at: float = 0.0  # when the agent began this start (process spawn or specialize)
     model_store: Path | None = None  # the attached BentoML models, laid out by the agent
+    cpu: float | None = None  # the deployment's cores: compute threads fit to them
     batch_fixed_wait_s: float | None = None  # a fixed batch window instead of the learned
 
     @classmethod
@@ -46,6 +47,7 @@ class ReplicaSettings:
             spawned_at=float(e.get("LOWTIDE_SPAWNED_AT") or 0.0),
             model_store=Path(e["LOWTIDE_MODEL_STORE"]) if e.get("LOWTIDE_MODEL_STORE") else None,
             batch_fixed_wait_s=_fixed_wait_s(e.get("LOWTIDE_BATCH_FIXED_WAIT_MS")),
+            cpu=float(e["LOWTIDE_CPU"]) if e.get("LOWTIDE_CPU") else None,
         )
 
 

@@ -190,13 +190,14 @@ class ReplicaSupervisor:
         spec = json.loads(spec_raw or b"{}")
         requirements = spec.get("requirements", [])
         user = self._user_env(spec)
+        cpu = spec.get("cpu")  # the replica fits its compute threads to it (threads.py)
         if gpus:
             known = {g.index for g in self.gpus.info}
             if not set(gpus) <= known:
                 raise RuntimeError(f"host {self.settings.host_id} has no GPU "
                                    f"{sorted(set(gpus) - known)} (it has {sorted(known)})")
             return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                    prepared, user, redis_url, tuple(gpus))
+                                    prepared, user, redis_url, tuple(gpus), cpu=cpu)
         if self.pool is not None:
             packages = self._importable(spec.get("packages") or [])
             self.pool.note_cold_start(packages)
@@ -204,9 +205,9 @@ class ReplicaSupervisor:
                 worker = self.pool.take(packages)
                 if worker is not None:
                     return self._specialize(worker, endpoint, version, replica_id, spawned_at,
-                                            prepared, user, redis_url)
+                                            prepared, user, redis_url, cpu=cpu)
         return self._start_full(endpoint, version, replica_id, requirements, spawned_at,
-                                prepared, user, redis_url)
+                                prepared, user, redis_url, cpu=cpu)
 
     def _user_env(self, spec: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
         """The deployment's env and its secrets' keys: (variables, values to redact)."""
@@ -222,7 +223,8 @@ class ReplicaSupervisor:
 
     def _specialize(self, worker: PoolWorker, endpoint: str, version: int, replica_id: str,
                     spawned_at: float, prepared: Prepared,
-                    user: tuple[dict[str, str], tuple[str, ...]], redis_url: str) -> str:
+                    user: tuple[dict[str, str], tuple[str, ...]], redis_url: str,
+                    cpu: float | None = None) -> str:
         """Fast path: hand the function (and its environment) to a prewarmed worker."""
         rp = worker.extra["rp"]
         assert isinstance(rp, ReplicaProcess)
@@ -232,7 +234,8 @@ class ReplicaSupervisor:
                 "replica_id": replica_id, "address": worker.address,
                 "artifact": str(prepared.artifact),
                 "model_store": str(own_copy(prepared.model_store, rp.identity, "models")),
-                "spawned_at": spawned_at, "env": user[0]}
+                "spawned_at": spawned_at, "env": user[0],
+                **({} if cpu is None else {"cpu": cpu})}
         with self._lock:
             self.replicas[replica_id] = rp
             REPLICAS.set(len(self.replicas))
@@ -321,7 +324,7 @@ class ReplicaSupervisor:
     def _start_full(self, endpoint: str, version: int, replica_id: str,
                     requirements: list[str], spawned_at: float, prepared: Prepared,
                     user_vars: tuple[dict[str, str], tuple[str, ...]], redis_url: str,
-                    gpus: tuple[int, ...] = ()) -> str:
+                    gpus: tuple[int, ...] = (), cpu: float | None = None) -> str:
         """Full path: build the Bento (once per host and version) and serve it."""
         python = bento.ensure_python(requirements, self.settings.home / "envs")  # fails fast
         built = self.build(endpoint, version)
@@ -345,6 +348,7 @@ class ReplicaSupervisor:
             "PYTHONUNBUFFERED": "1",
             "LOWTIDE_START_PATH": "full",
             "LOWTIDE_SPAWNED_AT": repr(spawned_at),
+            **({} if cpu is None else {"LOWTIDE_CPU": repr(float(cpu))}),
             **self.gpu_env(gpus),
             **identity.env(),
         }

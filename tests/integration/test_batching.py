@@ -31,6 +31,9 @@ async def test_batched_endpoint(client: Client, http: httpx.Client, cluster, red
             raise ValueError("the batch failed")
         if "short" in mode:
             return []
+        if "threads" in mode:  # the replica's compute threads fit its cores (cpu=1)
+            import os
+            return [{"omp": os.environ.get("OMP_NUM_THREADS")} for _ in x]
         return [{"x": v, "n": len(x)} for v in x]
 
     ep = client.deploy(tag, name=unique_name, max_replicas=1)
@@ -55,6 +58,8 @@ async def test_batched_endpoint(client: Client, http: httpx.Client, cluster, red
     assert r.status_code == 500 and "0 outputs for 1 inputs" in r.json()["detail"]
     r = http.post(f"/fn/{unique_name}", json={"y": 1})
     assert r.status_code == 400
+    assert http.post(f"/fn/{unique_name}", json={"x": 1, "mode": "threads"}
+                     ).json() == {"omp": "1"}
 
     def batch_view() -> object:
         items = ep.status()["replicas"]["items"]

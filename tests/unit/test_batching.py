@@ -268,3 +268,32 @@ def test_a_batched_function_keeps_its_single_view(executor: ThreadPoolExecutor) 
     features = Features.build({"": loaded(embed)}, False, executor, "fn-ep")
     assert not features.plain and features.limit(99) == features.batchers[""].item_limit
     assert "fixed_ms" in features.view()["batch"]  # type: ignore[operator]
+
+
+def test_outputs_are_encoded_in_the_batch_thread_and_its_time_learned(
+        executor: ThreadPoolExecutor) -> None:
+    """The JSON of each caller's answer is made in the executor thread with the call (the
+    event loop does no per-item work while it serves callers), and the learned line gets
+    the time the call and its encoding took there, read by the batcher's clock."""
+    import threading
+
+    encoded_in: list[str] = []
+    ticks = iter(range(1000))
+
+    class Rows:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def tolist(self) -> list[int]:
+            encoded_in.append(threading.current_thread().name)
+            return list(range(self.n))
+
+    def rows(x: list[int]) -> Rows:
+        return Rows(len(x))
+
+    batcher = Batcher(loaded(rows), BatchSpec(), executor, clock=lambda: float(next(ticks)))
+    results = asyncio.run(call_all(batcher, [b'{"x": 1}'] * 3))
+    assert [r.status for r in results] == [200] * 3
+    assert encoded_in and threading.main_thread().name not in encoded_in
+    fit = batcher.policy.line.fit()
+    assert fit is not None and fit.predict_s(batcher.policy.largest) == 1.0  # one tick
