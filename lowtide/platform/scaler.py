@@ -225,6 +225,10 @@ class Scaler:
             self.loop.resync_soon()
         for g in gained:
             await self._say_gained(g)
+        fresh = [g.shard for g in gained if not g.before]
+        if fresh:  # one line, not sixteen, when a platform starts alone
+            log.info("scaling of shard(s) %s led by platform %s", _spans(fresh),
+                     self.shards.id)
 
     async def _say_gained(self, g: Gained) -> None:
         """Log a shard gained; a takeover also in the platform's events and in those of the
@@ -232,7 +236,8 @@ class Scaler:
         assert self.shards is not None
         text = g.describe(self.shards.id)
         takeover = bool(g.before) and not g.before.startswith("released:")
-        (log.warning if takeover else log.info)("%s", text)
+        if g.before:  # a fresh lease is said in one line for all (`_claim`)
+            (log.warning if takeover else log.info)("%s", text)
         now = self.clock()
         await self.redis.xadd(_keys.PLATFORM_EVENTS, {"event": json.dumps({
             "at": now, "shard": g.shard, "leader": self.shards.id, "before": g.before,
@@ -373,6 +378,17 @@ class Scaler:
         dep.desired = d.desired
         DECISIONS.labels(kind=d.kind).inc()
         log.info("%s: %s", name, d.reason)
+
+
+def _spans(shards: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out: list[str] = []
+    for n in sorted(shards):
+        if out and out[-1].rsplit("-", 1)[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 def _learned_text(policy: Autoscaler) -> str:

@@ -73,3 +73,11 @@ async def test_an_instance_cut_off_from_redis_stops_scaling_after_its_lease() ->
         assert not s.owned
     finally:
         await cut.aclose()
+
+
+def test_fresh_shards_are_logged_as_spans() -> None:
+    from lowtide.platform.scaler import _spans
+
+    assert _spans(list(range(16))) == "0-15"
+    assert _spans([5, 0, 1, 2]) == "0-2, 5"
+    assert _spans([1, 3, 4, 10, 11, 12]) == "1, 3-4, 10-12"
