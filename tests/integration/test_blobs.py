@@ -33,9 +33,7 @@ from tests.conftest import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MODEL_BYTES = 150 * 2**20
-OTHER_BYTES = 100 * 2**20
-# h2's cache holds one of the two models, not both: the second evicts the first
-AGENTS = {"h1": ("--port", "0"), "h2": ("--port", "0", "--blob-cache-bytes", "220Mi")}
+AGENTS = {"h1": ("--port", "0"), "h2": ("--port", "0")}
 
 
 @dataclass
@@ -187,50 +185,3 @@ def test_a_large_model_reaches_both_hosts_once_and_redeploys_upload_nothing(
         assert bc.bytes_uploaded() == uploaded
         for host in AGENTS:
             assert bc.log(host).count(f"fetched blob {digest}") == 1
-
-
-def read_other() -> str:
-    import bentoml
-
-    return str(bentoml.models.get("other_blob:latest").tag)
-
-
-def test_a_host_over_its_cache_budget_evicts_the_least_recently_used_blob(
-        blob_cluster: BlobCluster, big_model: tuple[str, str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """h2's budget (220 MiB) holds the 150 MiB model or a 100 MiB one, not both: once no
-    replica holds the first, deploying the second evicts it there; h1 keeps both."""
-    import bentoml
-
-    _tag, digest = big_model
-    bc = blob_cluster
-    monkeypatch.setenv("LOWTIDE_HOME", str(bc.root / "client"))
-    data = os.urandom(OTHER_BYTES)
-    with bentoml.models.create("other_blob") as model:  # the store big_model set up
-        Path(model.path_of("weights.bin")).write_bytes(data)
-    other = hashlib.sha256(data).hexdigest()
-    with bc.client() as client:
-        for name in ("big-model", "big-model-2"):  # the first test's endpoints
-            client.delete(name)
-
-        def h2_idle() -> bool:
-            hosts = {h["id"]: h for h in client.hosts()["hosts"]}
-            return hosts["h2"]["load"]["replicas"] == 0
-
-        wait_for(h2_idle, 60, "h2's replicas of the first model to stop")
-        assert (bc.root / "h2" / "blobs" / digest).exists()
-        ep = client.deploy(read_other, name="other-model", models=["other_blob:latest"],
-                           memory="256Mi")
-
-        def fetched_on_both() -> bool:
-            builds = client.status("other-model")["builds"]
-            failed = [v for v in builds.values() if str(v).startswith("failed")]
-            assert not failed, (failed, bc.logs())
-            return builds.get("h1") == "ready" and builds.get("h2") == "ready"
-
-        wait_for(fetched_on_both, 120, "both hosts to fetch the second model")
-        assert (bc.root / "h2" / "blobs" / other).stat().st_size == OTHER_BYTES
-        assert not (bc.root / "h2" / "blobs" / digest).exists(), "the LRU blob stayed on h2"
-        assert (bc.root / "h1" / "blobs" / digest).exists()  # h1's budget holds both
-        assert (bc.root / "h1" / "blobs" / other).exists()
-        assert ep() == str(model.tag)
