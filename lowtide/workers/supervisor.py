@@ -132,8 +132,12 @@ class ReplicaSupervisor:
                 spec.get("requirements", [])):
             return self.build(endpoint, version).tag
         key = _keys.build_state(endpoint, version, self.settings.host_id)
-        with self.blobs.holding(endpoint, version, f"fetch-{endpoint}-{version}"):
-            pass
+        try:
+            with self.blobs.holding(endpoint, version, f"fetch-{endpoint}-{version}"):
+                pass
+        except Exception as exc:  # said where the deploy's status shows it, as a build's
+            self.redis.set(key, f"failed: {type(exc).__name__}: {exc}", ex=86400)
+            raise
         self.redis.set(key, "ready", ex=86400)  # startable here: a pool worker serves it
         return ""
 
